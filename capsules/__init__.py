@@ -1,0 +1,1 @@
+"""Capsule layers, models, losses and datasets built on the routing registry."""
