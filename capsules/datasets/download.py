@@ -1,0 +1,93 @@
+"""Find a dataset's files on disk, or download the missing ones from mirrors, verified and written atomically."""
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from http.client import HTTPException
+from pathlib import Path
+from urllib.request import urlopen
+
+from capsules.datasets.errors import DatasetDownloadError, DatasetFileError
+from capsules.datasets.files import GZIP_SUFFIX, find_file, md5_hex, read_bytes
+
+_CHUNK = 1 << 20
+
+
+def ensure_files(
+    directory: Path,
+    names: Sequence[str],
+    *,
+    download: bool,
+    mirrors: Sequence[str],
+    md5s: Mapping[str, str],
+    decompressed_md5: bool,
+    timeout: float,
+    dataset: str,
+) -> dict[str, Path]:
+    """The path of each file in `names`, found as `name` or `name.gz` in `directory`, downloading missing ones.
+
+    A missing file is fetched as `<mirror><name>.gz` from the first mirror that delivers it with MD5 `md5s[name]`
+    (of the decompressed content when `decompressed_md5`, else of the .gz itself) and saved as `name.gz`.
+    Raises FileNotFoundError when files are missing and `download` is False, DatasetFileError when every mirror
+    that answered sent bytes failing the checksum, and DatasetDownloadError when no mirror could be reached.
+    """
+    found = {name: find_file(directory, name) for name in names}
+    missing = [name for name, path in found.items() if path is None]
+    where = (f"put {', '.join(missing)} (gzip-compressed or not) in {directory}, "
+             f"or pass root=<a directory that has them>")
+    if missing and not download:
+        raise FileNotFoundError(f"{dataset} files missing from {directory}: {', '.join(missing)}. "
+                                f"Pass download=True, or: {where}.")
+    for name in missing:
+        try:
+            found[name] = download_file(name + GZIP_SUFFIX, directory, mirrors, md5s[name],
+                                        decompressed_md5=decompressed_md5, timeout=timeout)
+        except DatasetDownloadError as error:
+            raise DatasetDownloadError(f"{error}\nNo network? {where}.") from error
+    return found  # type: ignore[return-value]
+
+
+def download_file(
+    remote_name: str, directory: Path, mirrors: Sequence[str], md5: str, *, decompressed_md5: bool, timeout: float
+) -> Path:
+    """Download `<mirror><remote_name>` into `directory/remote_name`, trying the mirrors in order.
+
+    Bytes go to a temporary file in `directory`, are checked against `md5`, then renamed into place: a failed or
+    killed download never leaves a partial file under the final name.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    destination = directory / remote_name
+    unreachable, corrupt = [], []
+    for mirror in mirrors:
+        url = mirror + remote_name
+        try:
+            _fetch_verified(url, destination, md5, decompressed_md5, timeout)
+            return destination
+        except DatasetFileError as error:
+            corrupt.append(f"{url}: {error.problem}")
+        except (OSError, HTTPException) as error:
+            unreachable.append(f"{url}: {error!r}")
+    reasons = "\n  ".join(corrupt + unreachable)
+    if corrupt:
+        raise DatasetFileError(destination, f"no mirror delivered the expected content:\n  {reasons}")
+    raise DatasetDownloadError(f"could not download {remote_name} into {directory}:\n  {reasons}")
+
+
+def _fetch_verified(url: str, destination: Path, md5: str, decompressed_md5: bool, timeout: float) -> None:
+    """Stream `url` into a temporary file beside `destination`, check its MD5, rename it to `destination`."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    temporary_path = Path(temporary)
+    try:
+        with os.fdopen(handle, "wb") as out, urlopen(url, timeout=timeout) as response:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        data = read_bytes(temporary_path) if decompressed_md5 else temporary_path.read_bytes()
+        digest = md5_hex(data)
+        if digest != md5:
+            what = "decompressed content" if decompressed_md5 else "file"
+            raise DatasetFileError(url, f"checksum mismatch: MD5 of the {what} is {digest}, expected {md5}")
+        os.replace(temporary_path, destination)
+    finally:
+        temporary_path.unlink(missing_ok=True)

@@ -1,0 +1,168 @@
+"""Dynamic routing by agreement (Sabour, Frosst & Hinton 2017, Procedure 1): the reference PyTorch backend.
+
+Per sample, with logits b [I, J] starting at 0 and iterations r = 1..T:
+    c = softmax_j(b);  s_j = sum_i c_ij a_i u_ij;  v_j = squash(s_j);  b_ij += <u_ij, v_j>  (not after the last)
+The children's activations a_i (ones when not given) weight each vote in the sum.
+
+Speed: the votes are used as [B, J, I, D] (a free view when the caller produced them in that layout, else one
+copy), so every sum over children and every agreement is a batched matrix-vector product. The backward is
+written out (`_DynamicRoutingFunction`): it recomputes per-iteration matrix-vector products from the saved
+couplings [T, B, J, I] and pre-squash sums [T, B, J, D] (both 1/D the size of the votes), and writes the votes'
+gradient once, as a single batched rank-(2T-1) product.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from routing.registry import register
+from routing.result import RoutingResult
+from routing.router import Router
+from routing.squash import SQUASH_EPS, squash, squash_backward
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half-precision inputs are routed in float32; float32 and float64 as they are."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def parent_major(votes: Tensor, dtype: torch.dtype) -> Tensor:
+    """votes [B, I, J, D] -> contiguous [B, J, I, D] in `dtype` (no copy when already laid out that way)."""
+    return votes.transpose(1, 2).to(dtype).contiguous()
+
+
+def agreement(u: Tensor, v: Tensor) -> Tensor:
+    """<u_ij, v_j> for u [B, J, I, D], v [B, J, D] -> [B, J, I] (as v @ u^T: measured 3-4x faster than u @ v
+    on a 2-core CPU at B=128, I=1152, J=10, D=16)."""
+    return (v.unsqueeze(2) @ u.transpose(-1, -2)).squeeze(2)
+
+
+def weighted_sum(w: Tensor, u: Tensor) -> Tensor:
+    """sum_i w_ji u_jid for w [B, J, I], u [B, J, I, D] -> [B, J, D]."""
+    return (w.unsqueeze(2) @ u).squeeze(2)
+
+
+def _route_forward(u: Tensor, a: Tensor | None, iterations: int, eps: float) -> tuple[Tensor, Tensor]:
+    """u [B, J, I, D], a [B, 1, I] or None -> couplings [T, B, J, I], pre-squash sums s [T, B, J, D]."""
+    B, J, I, _ = u.shape
+    logits = u.new_zeros(B, J, I)
+    couplings, sums = [], []
+    for r in range(iterations):
+        c = logits.softmax(dim=1)  # over parents
+        w = c if a is None else c * a
+        s = weighted_sum(w, u)  # [B, J, D]
+        couplings.append(c)
+        sums.append(s)
+        if r < iterations - 1:
+            logits = logits + agreement(u, squash(s, eps=eps))
+    return torch.stack(couplings), torch.stack(sums)
+
+
+def _route_backward(
+    u: Tensor,
+    a: Tensor | None,
+    couplings: Tensor,
+    sums: Tensor,
+    grad_v: Tensor,
+    grad_c: Tensor | None,
+    detach_inner: bool,
+    eps: float,
+) -> tuple[Tensor, Tensor | None]:
+    """Gradients of the routing loop into u [B, J, I, D] and a [B, 1, I] (None when a is None).
+
+    grad_v [B, J, D] is the gradient of the last iteration's squashed poses, grad_c [B, J, I] (or None) that of
+    its couplings. The votes' gradient is sum_r w_r (x) grad_s_r + sum_{r<T-1} grad_b_{r+1} (x) v_r, assembled
+    as one batched matrix product of [B, J, I, K] by [B, J, K, D].
+    """
+    T = couplings.shape[0]
+    left, right = [], []  # factors of the votes' gradient
+    grad_a = None if a is None else torch.zeros_like(a)
+    grad_logits_next = None  # total gradient of the logits entering iteration r + 1
+    first = T - 1 if detach_inner else 0
+    for r in range(T - 1, first - 1, -1):
+        c, s = couplings[r], sums[r]
+        if r == T - 1:
+            gv = grad_v
+        else:
+            gv = weighted_sum(grad_logits_next, u)
+            left.append(grad_logits_next)
+            right.append(squash(s, eps=eps))
+        gs = squash_backward(s, gv, eps)
+        gw = agreement(u, gs)  # <grad_s_j, u_ij>  [B, J, I]
+        left.append(c if a is None else c * a)
+        right.append(gs)
+        if a is not None:
+            grad_a += (gw * c).sum(1, keepdim=True)
+        if r == first:
+            break  # b_0 = 0 is a constant; in detach_inner mode the couplings carry no gradient
+        gc = gw if a is None else gw * a
+        if r == T - 1 and grad_c is not None:
+            gc = gc + grad_c
+        gb = c * (gc - (gc * c).sum(1, keepdim=True))  # softmax backward over parents
+        grad_logits_next = gb if grad_logits_next is None else gb + grad_logits_next
+    grad_u = torch.stack(left, dim=-1) @ torch.stack(right, dim=-2)
+    return grad_u, grad_a
+
+
+class _DynamicRoutingFunction(torch.autograd.Function):
+    """(votes [B, I, J, D], activations [B, I] or None) -> (v [B, J, D], |v| [B, J], c [B, I, J])."""
+
+    @staticmethod
+    def forward(ctx, votes: Tensor, activations: Tensor | None, iterations: int, detach_inner: bool, eps: float):
+        dtype = compute_dtype(votes.dtype)
+        u = parent_major(votes, dtype)
+        a = None if activations is None else activations.to(dtype).unsqueeze(1)
+        couplings, sums = _route_forward(u, a, iterations, eps)
+        v = squash(sums[-1], eps=eps)
+        length = torch.linalg.vector_norm(v, dim=-1)
+        ctx.save_for_backward(u, a, couplings, sums, v, length)
+        ctx.settings = (detach_inner, eps, votes.dtype, None if activations is None else activations.dtype)
+        out_dtype = votes.dtype
+        return v.to(out_dtype), length.to(out_dtype), couplings[-1].transpose(1, 2).to(out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_v: Tensor | None, grad_length: Tensor | None, grad_c: Tensor | None):
+        u, a, couplings, sums, v, length = ctx.saved_tensors
+        detach_inner, eps, votes_dtype, act_dtype = ctx.settings
+        gv = torch.zeros_like(v) if grad_v is None else grad_v.to(v.dtype)
+        if grad_length is not None:
+            safe = torch.where(length > 0, length, torch.ones_like(length))
+            gv = gv + (grad_length.to(v.dtype) / safe).unsqueeze(-1) * v
+        gc = None if grad_c is None else grad_c.to(u.dtype).transpose(1, 2)
+        grad_u, grad_a = _route_backward(u, a, couplings, sums, gv, gc, detach_inner, eps)
+        grad_votes = grad_u.transpose(1, 2).to(votes_dtype) if ctx.needs_input_grad[0] else None
+        grad_act = None
+        if a is not None and ctx.needs_input_grad[1]:
+            grad_act = grad_a.squeeze(1).to(act_dtype)
+        return grad_votes, grad_act, None, None, None
+
+
+def check_iterations(iterations: int) -> int:
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    return iterations
+
+
+@register("dynamic")
+class DynamicRouting(Router):
+    """Sabour et al. 2017 routing by agreement.
+
+    Options: iterations (default 3); detach_inner (default False: gradients flow through every iteration, as
+    in the authors' code; True: the iterations that only update the logits see detached votes and activations,
+    so gradients flow through the last weighted sum only); eps (squash epsilon).
+    Result: poses v [B, J, D] (squashed), activations |v| [B, J], assignments c [B, I, J] of the last iteration.
+    """
+
+    def __init__(self, *, iterations: int = 3, detach_inner: bool = False, eps: float = SQUASH_EPS):
+        super().__init__()
+        self.iterations = check_iterations(iterations)
+        self.detach_inner = bool(detach_inner)
+        self.eps = float(eps)
+
+    def route(self, votes: Tensor, activations: Tensor | None = None) -> RoutingResult:
+        v, length, c = _DynamicRoutingFunction.apply(votes, activations, self.iterations, self.detach_inner, self.eps)
+        return RoutingResult(v, length, c)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, iterations={self.iterations}, detach_inner={self.detach_inner}"

@@ -1,0 +1,70 @@
+"""Input checks shared by every router: clear errors instead of deep tracebacks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+_finite_checks = True
+
+
+def finite_checks_enabled() -> bool:
+    """Whether routers scan their inputs for NaN/Inf (one extra read of the votes; skipped under torch.compile)."""
+    return _finite_checks and not torch.compiler.is_compiling()
+
+
+@contextlib.contextmanager
+def finite_checks(enabled: bool) -> Iterator[None]:
+    """Turn the NaN/Inf scan of routing inputs on or off inside a `with` block (benchmarks turn it off)."""
+    global _finite_checks
+    previous, _finite_checks = _finite_checks, enabled
+    try:
+        yield
+    finally:
+        _finite_checks = previous
+
+
+def check_votes(votes: Tensor, activations: Tensor | None, name: str) -> None:
+    """Check votes [B, I, J, D] and optional activations [B, I]; raise ValueError saying what was expected."""
+    if not isinstance(votes, Tensor):
+        raise ValueError(f"{name} routing: votes must be a torch.Tensor of shape [B, I, J, D], got {type(votes).__name__}")
+    if votes.ndim != 4:
+        raise ValueError(
+            f"{name} routing: votes must have 4 dims [B, I, J, D] (batch, children, parents, pose size), "
+            f"got {votes.ndim} dims with shape {tuple(votes.shape)}"
+        )
+    if not votes.is_floating_point():
+        raise ValueError(f"{name} routing: votes must be a floating-point tensor, got dtype {votes.dtype}")
+    if min(votes.shape) == 0:
+        raise ValueError(f"{name} routing: votes must have no empty dimension, got shape {tuple(votes.shape)}")
+    if activations is not None:
+        if not isinstance(activations, Tensor):
+            raise ValueError(f"{name} routing: activations must be a torch.Tensor [B, I] or None")
+        expected = tuple(votes.shape[:2])
+        if tuple(activations.shape) != expected:
+            raise ValueError(
+                f"{name} routing: activations must have shape [B, I] = {list(expected)} to match votes "
+                f"{list(votes.shape)}, got {list(activations.shape)}"
+            )
+        if not activations.is_floating_point():
+            raise ValueError(f"{name} routing: activations must be floating-point, got dtype {activations.dtype}")
+        if activations.device != votes.device:
+            raise ValueError(
+                f"{name} routing: activations are on {activations.device} but votes on {votes.device}"
+            )
+    if finite_checks_enabled():
+        if not all_finite(votes):
+            raise ValueError(f"{name} routing: votes contain NaN or Inf")
+        if activations is not None and not all_finite(activations):
+            raise ValueError(f"{name} routing: activations contain NaN or Inf")
+
+
+def all_finite(x: Tensor) -> bool:
+    """No NaN or Inf in x. A sum (one read, no bool tensor of x's size) settles the common case; only a
+    non-finite sum, which may also come from overflow of large finite values, is confirmed element-wise."""
+    with torch.no_grad():
+        total = x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+        return bool(torch.isfinite(total)) or bool(torch.isfinite(x).all())
