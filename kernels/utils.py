@@ -1,0 +1,54 @@
+"""Helpers shared by the Triton ops: availability, device checks, block sizes."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+except ImportError:  # triton is Linux-only; the PyTorch backends work without it
+    triton = None
+
+
+def triton_available() -> bool:
+    """Whether the triton package can be imported at all."""
+    return triton is not None
+
+
+def interpreter_enabled() -> bool:
+    """TRITON_INTERPRET=1 runs kernels on the CPU with numpy (for tests; slow, says nothing about speed)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def kernel_unavailable_reason(*tensors: Tensor) -> str | None:
+    """Why the Triton kernels cannot run on these tensors, or None when they can.
+
+    They run on CUDA tensors, and on CPU tensors only under the interpreter (TRITON_INTERPRET=1).
+    """
+    if triton is None:
+        return "the triton package is not installed"
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        return f"inputs are on different devices: {sorted(map(str, devices))}"
+    device = devices.pop()
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and interpreter_enabled():
+        return None
+    return (
+        f"the Triton kernels need CUDA tensors (got {device.type} tensors); on the CPU they run only under "
+        f"TRITON_INTERPRET=1, which is for tests. Use backend='torch' or backend='auto' for CPU tensors"
+    )
+
+
+def block_size(n: int, minimum: int = 16) -> int:
+    """The smallest power of two >= n (and >= minimum): a tl.constexpr block that covers a dimension."""
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+def kernel_dtype_ok(t: Tensor) -> bool:
+    """The kernels read float16, bfloat16, float32 and float64 inputs (math in float32, or float64 for float64)."""
+    return t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
