@@ -21,7 +21,9 @@ TEST_FILES = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 class FakeOpener:
     """Stands in for urllib's urlopen: serves files of `served` by name; `fail` maps a URL prefix to an error."""
 
-    def __init__(self, served: dict[str, bytes], fail: dict[str, Exception] | None = None, cut_after: int | None = None):
+    def __init__(
+        self, served: dict[str, bytes], fail: dict[str, Exception] | None = None, cut_after: int | None = None
+    ) -> None:
         self.served, self.fail, self.cut_after = served, fail or {}, cut_after
         self.requests: list[tuple[str, float]] = []
 

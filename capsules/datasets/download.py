@@ -28,8 +28,8 @@ def ensure_files(
 
     A missing file is fetched as `<mirror><name>.gz` from the first mirror that delivers it with MD5 `md5s[name]`
     (of the decompressed content when `decompressed_md5`, else of the .gz itself) and saved as `name.gz`.
-    Raises FileNotFoundError when files are missing and `download` is False, DatasetFileError when every mirror
-    that answered sent bytes failing the checksum, and DatasetDownloadError when no mirror could be reached.
+    Raises FileNotFoundError when files are missing and `download` is False; when no mirror delivers a file,
+    DatasetFileError if some mirror sent bytes failing the checksum, else DatasetDownloadError.
     """
     found = {name: find_file(directory, name) for name in names}
     missing = [name for name, path in found.items() if path is None]

@@ -1,7 +1,6 @@
 """The two errors a dataset loader raises besides FileNotFoundError."""
 
 import os
-from pathlib import Path
 
 
 class DatasetFileError(ValueError):

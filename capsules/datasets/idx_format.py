@@ -39,7 +39,9 @@ def parse_idx(data: bytes, source: str | Path) -> np.ndarray:
         )
     header_size = 4 + 4 * ndim
     if len(data) < header_size:
-        raise DatasetFileError(source, f"truncated header: {ndim} dimensions need {header_size} bytes, file has {len(data)}")
+        raise DatasetFileError(
+            source, f"truncated header: {ndim} dimensions need {header_size} bytes, file has {len(data)}"
+        )
     shape = struct.unpack(f">{ndim}I", data[4:header_size])
     dtype = _TYPES[type_code]
     count = math.prod(shape)

@@ -101,10 +101,12 @@ def _read_verified(path: Path, md5: str | None) -> np.ndarray:
 def _check(images: np.ndarray, labels: np.ndarray, image_path: Path, label_path: Path) -> None:
     """Raise DatasetFileError unless images are uint8 [N, 28, 28] and labels uint8 [N] in 0..9."""
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise DatasetFileError(image_path, f"expected uint8 images [N, 28, 28], found {images.dtype} {list(images.shape)}")
+        raise DatasetFileError(image_path,
+                               f"expected uint8 images [N, 28, 28], found {images.dtype} {list(images.shape)}")
     if labels.dtype != np.uint8 or labels.ndim != 1:
         raise DatasetFileError(label_path, f"expected uint8 labels [N], found {labels.dtype} {list(labels.shape)}")
     if labels.shape[0] != images.shape[0]:
-        raise DatasetFileError(label_path, f"{labels.shape[0]} labels for {images.shape[0]} images in {image_path.name}")
+        raise DatasetFileError(label_path,
+                               f"{labels.shape[0]} labels for {images.shape[0]} images in {image_path.name}")
     if labels.size and labels.max() > 9:
         raise DatasetFileError(label_path, f"label {labels.max()} outside 0..9")

@@ -96,7 +96,8 @@ def write_matrix(path: Path, array: np.ndarray, gzip: bool = False, packed: bool
     else:
         kind = array.dtype.newbyteorder("=").name
         if kind not in _STORED:
-            raise ValueError(f"the binary matrix format cannot hold {array.dtype}; use one of float32, float64, int32, uint8, int16")
+            raise ValueError(f"the binary matrix format cannot hold {array.dtype}; "
+                             "use float32, float64, int32, uint8 or int16")
     magic = next(m for m, name in MAGIC.items() if name == kind)
     dims = list(array.shape) + [1] * (3 - array.ndim)
     header = struct.pack(f"<ii{len(dims)}i", magic, array.ndim, *dims)

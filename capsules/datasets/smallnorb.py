@@ -107,7 +107,10 @@ class SmallNORB(Dataset[tuple[torch.Tensor, int]]):
         return self.images, self.labels
 
     def preprocess(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 [B, C, 48, 48] -> float32 [B, C, 32, 32]: crop (random or centre), jitter when augmenting, standardise."""
+        """uint8 [B, C, 48, 48] -> float32 [B, C, 32, 32]: crop (random or centre), jitter if augmenting, standardise.
+
+        Augmentation draws from `generator` (CPU), or torch's global generator when None.
+        """
         if not self.augment:
             return standardize(center_crop(images, CROP).to(torch.float32) / 255)
         pixels = random_crop(images, CROP, generator).to(torch.float32) / 255
