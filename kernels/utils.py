@@ -23,10 +23,12 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def kernel_unavailable_reason(*tensors: Tensor) -> str | None:
+def kernel_unavailable_reason(*tensors: Tensor, interpreter_ok: bool = True) -> str | None:
     """Why the Triton kernels cannot run on these tensors, or None when they can.
 
-    They run on CUDA tensors, and on CPU tensors only under the interpreter (TRITON_INTERPRET=1).
+    They run on CUDA tensors, and on CPU tensors under the interpreter (TRITON_INTERPRET=1) when
+    `interpreter_ok`: routers pass False for backend="auto", so that "auto" never picks the (slow, test-only)
+    interpreter and routes CPU tensors with PyTorch instead.
     """
     if triton is None:
         return "the triton package is not installed"
@@ -36,7 +38,7 @@ def kernel_unavailable_reason(*tensors: Tensor) -> str | None:
     device = devices.pop()
     if device.type == "cuda":
         return None
-    if device.type == "cpu" and interpreter_enabled():
+    if device.type == "cpu" and interpreter_ok and interpreter_enabled():
         return None
     return (
         f"the Triton kernels need CUDA tensors (got {device.type} tensors); on the CPU they run only under "

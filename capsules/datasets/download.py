@@ -31,20 +31,19 @@ def ensure_files(
     Raises FileNotFoundError when files are missing and `download` is False; when no mirror delivers a file,
     DatasetFileError if some mirror sent bytes failing the checksum, else DatasetDownloadError.
     """
-    found = {name: find_file(directory, name) for name in names}
-    missing = [name for name, path in found.items() if path is None]
+    existing = {name: find_file(directory, name) for name in names}
+    missing = [name for name, path in existing.items() if path is None]
     where = (f"put {', '.join(missing)} (gzip-compressed or not) in {directory}, "
              f"or pass root=<a directory that has them>")
     if missing and not download:
         raise FileNotFoundError(f"{dataset} files missing from {directory}: {', '.join(missing)}. "
                                 f"Pass download=True, or: {where}.")
-    for name in missing:
-        try:
-            found[name] = download_file(name + GZIP_SUFFIX, directory, mirrors, md5s[name],
-                                        decompressed_md5=decompressed_md5, timeout=timeout)
-        except DatasetDownloadError as error:
-            raise DatasetDownloadError(f"{error}\nNo network? {where}.") from error
-    return found  # type: ignore[return-value]
+    try:
+        downloaded = {name: download_file(name + GZIP_SUFFIX, directory, mirrors, md5s[name],
+                                          decompressed_md5=decompressed_md5, timeout=timeout) for name in missing}
+    except DatasetDownloadError as error:
+        raise DatasetDownloadError(f"{error}\nNo network? {where}.") from error
+    return {name: existing[name] or downloaded[name] for name in names}
 
 
 def download_file(
