@@ -1,0 +1,68 @@
+"""Checkpoints that survive interruption and resume a run exactly.
+
+A checkpoint holds everything the next epoch depends on: model and optimiser state, the step and epoch counters,
+the training time spent so far, the loss's state (the spread-loss margin), the data-order generator, torch's,
+numpy's and Python's global random states, and the rows of the run's table. It is written to a temporary file in
+the same folder, flushed to disk and renamed over the old one, so a kill at any moment leaves the last complete
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def rng_state() -> dict[str, Any]:
+    """torch (CPU and every CUDA device), numpy and Python global random states."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (all devices), numpy and Python's random module."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """torch.save `state` to `path` through a temporary file and a rename (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The state saved at `path` (tensors on the CPU). FileNotFoundError when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume at {path}")
+    # Our own files: random states hold numpy arrays and Python tuples, which the weights-only loader refuses.
+    return torch.load(path, map_location="cpu", weights_only=False)
