@@ -1,0 +1,33 @@
+"""The Triton backend of dynamic routing: `routing.create("dynamic", backend="triton")`, or "auto" on CUDA.
+
+Same options and the same RoutingResult as the PyTorch backend (routing.dynamic); the math runs in the fused
+kernels of kernels.dynamic_routing. Inputs the kernels cannot take (CPU tensors outside the interpreter,
+unsupported dtypes, parent tiles too large for a program) fall back to the PyTorch backend under
+backend="auto" and raise a ValueError saying why under backend="triton".
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from kernels.dynamic_routing import dynamic_routing, unsupported_reason
+from kernels.utils import kernel_unavailable_reason
+from routing.dynamic import DynamicRouting
+from routing.registry import register
+from routing.result import RoutingResult
+
+
+@register("dynamic", backend="triton")
+class DynamicRoutingTriton(DynamicRouting):
+    """Sabour et al. 2017 routing by agreement in fused Triton kernels (options as DynamicRouting)."""
+
+    def route(self, votes: Tensor, activations: Tensor | None = None) -> RoutingResult:
+        inputs = (votes,) if activations is None else (votes, activations)
+        reason = kernel_unavailable_reason(*inputs, interpreter_ok=not self.fallback) or unsupported_reason(
+            votes, activations)
+        if reason is not None:
+            if self.fallback:
+                return super().route(votes, activations)
+            raise ValueError(f"{self.name} routing, backend 'triton': {reason}")
+        v, length, c = dynamic_routing(votes, activations, self.iterations, self.detach_inner, self.eps)
+        return RoutingResult(v, length, c)
