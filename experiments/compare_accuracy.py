@@ -1,0 +1,149 @@
+"""Accuracy of each routing algorithm in the same architecture, under one training budget.
+
+    capsule-compare-accuracy --model compact --time-budget-min 20              # dynamic, then EM, 20 min each
+    capsule-compare-accuracy --model capsnet --routings dynamic --epochs 30   # one pair, 30 epochs
+    capsule-compare-accuracy --papers --epochs 50                              # + the papers' own pairs
+
+Trains `--model` with each routing of `--routings` (default: every registered one) in turn on `--dataset`, and with
+`--papers` also the papers' pairs (CapsNet + dynamic routing on MNIST, matrix capsules + EM routing on smallNORB),
+each with its model family's defaults plus the options given (any `capsule-train` option). Writes the comparison
+table (routing, model, dataset, parameters, best and final test accuracy, epochs, times, samples/s, device) to
+<out-dir>/comparison.csv, prints it as markdown, and upserts its rows into experiments/results/accuracy.csv (key:
+model, routing, dataset, device, budget), from which experiments/results/accuracy.md is regenerated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+import routing
+from experiments import provenance
+from experiments.tables import RESULTS_DIR, read_csv, to_markdown, upsert_csv, write_csv_atomic
+from experiments.train import CHECKPOINT, output_dir, raise_keyboard_interrupt, train
+from experiments.training_config import TrainConfig, add_arguments, build_config, overrides_from_args
+
+# (model, routing, dataset) the papers trained.
+PAPER_PAIRS = (("capsnet", "dynamic", "mnist"), ("matrix-capsnet", "em", "smallnorb"))
+RESULTS_CSV = RESULTS_DIR / "accuracy.csv"
+RESULTS_KEY = ("model", "routing", "dataset", "device", "budget")
+# Columns of the README's and accuracy.md's table, in order.
+SUMMARY_COLUMNS = ["model", "routing", "dataset", "params", "budget", "epochs", "test_accuracy", "best_test_accuracy",
+                   "train_time_s", "wall_time_s", "samples_per_s", "device", "load_avg_1m", "git_commit"]
+_SKIP = ("model", "routing", "dataset", "out_dir", "resume")
+
+
+def budget(config: TrainConfig) -> str:
+    """The run's training budget in words: '20 min (<= 15 epochs)' or '15 epochs'."""
+    if config.time_budget_min is not None:
+        return f"{config.time_budget_min:g} min (<= {config.epochs} epochs)"
+    return f"{config.epochs} epochs"
+
+
+def summarize(config: TrainConfig, table: pd.DataFrame, load_before: float, load_after: float) -> dict:
+    """One comparison row from a run's per-epoch table."""
+    last = table.iloc[-1]
+    samples = float((table["samples_per_s"] * table["epoch_time_s"]).sum())
+    return {
+        "model": config.model, "routing": config.routing, "dataset": config.dataset, "params": int(last["params"]),
+        "budget": budget(config), "epochs": round(float(last["epochs_trained"]), 3),
+        "test_accuracy": float(last["test_accuracy"]), "best_test_accuracy": float(table["test_accuracy"].max()),
+        "best_epoch": int(table.loc[table["test_accuracy"].idxmax(), "epoch"]),
+        "train_time_s": round(float(last["train_time_s"]), 1), "wall_time_s": round(float(last["wall_time_s"]), 1),
+        "samples_per_s": round(samples / float(last["train_time_s"]), 1), "device": last["device"],
+        "world_size": int(last["world_size"]), "load_avg_1m": f"{load_before:.1f} -> {load_after:.1f}",
+        "optimizer": config.optimizer, "lr": config.lr, "schedule": config.schedule, "batch_size": config.batch_size,
+        "loss": config.loss, "reconstruction_weight": config.reconstruction_weight,
+        "routing_iterations": config.routing_iterations, "seed": config.seed,
+        "model_options": config.flat()["model_options"], "git_commit": last["git_commit"],
+        "torch": provenance.versions()["torch"], "timestamp": provenance.timestamp(),
+    }
+
+
+def planned_runs(model: str, routings: list[str], dataset: str, papers: bool) -> list[tuple[str, str, str]]:
+    runs = [(model, name, dataset) for name in routings]
+    if papers:
+        runs += [pair for pair in PAPER_PAIRS if pair not in runs]
+    return runs
+
+
+def compare(runs: list[tuple[str, str, str]], overrides: dict, out_dir: Path, results: Path | None,
+            resume: bool = False) -> pd.DataFrame:
+    """Train every (model, routing, dataset) of `runs` in turn; returns the comparison table.
+
+    Each finished run's row is written to <out_dir>/comparison.csv and upserted into `results` (skipped when
+    None) at once, so an interruption keeps the rows of the runs already done. With `resume`, a run whose folder
+    holds a checkpoint continues from it (a finished run is not trained again).
+    """
+    configs = [build_config(model=m, routing=r, dataset=d, out_dir=str(out_dir / f"{m}-{r}-{d}"), **overrides)
+               for m, r, d in runs]  # every configuration is checked before the first run starts
+    rows = []
+    for config in configs:
+        config.resume = resume and (output_dir(config) / CHECKPOINT).exists()
+        load_before = os.getloadavg()[0]
+        table = train(config)
+        rows.append(summarize(config, table, load_before, os.getloadavg()[0]))
+        write_csv_atomic(pd.DataFrame(rows), out_dir / "comparison.csv")
+        if results is not None:
+            upsert_csv(results, rows[-1:], key=RESULTS_KEY)
+            write_results_markdown(results)
+    return pd.DataFrame(rows)
+
+
+def results_markdown(table: pd.DataFrame) -> str:
+    """The committed results as a markdown table (accuracies in percent)."""
+    shown = table[[c for c in SUMMARY_COLUMNS if c in table.columns]].copy()
+    for column in ("test_accuracy", "best_test_accuracy"):
+        shown[column] = (100 * shown[column]).map("{:.2f}%".format)
+    return to_markdown(shown)
+
+
+def write_results_markdown(results: Path) -> None:
+    """Regenerate accuracy.md beside `results` from the CSV."""
+    text = ("# Test accuracy by routing\n\nGenerated by `capsule-compare-accuracy` from `accuracy.csv` (test_accuracy: "
+            "last epoch; best_test_accuracy: best epoch; times in seconds; load_avg_1m: the machine's 1-minute "
+            "load average before -> after the run).\n\n" + results_markdown(read_csv(results)) + "\n")
+    results.with_suffix(".md").write_text(text)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="compact", help="architecture trained with every routing")
+    parser.add_argument("--routings", nargs="+", default=None, help="default: every registered routing")
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--papers", action="store_true", help="also train the papers' own model/routing pairs")
+    parser.add_argument("--out-dir", default="runs/compare", help="one run folder per pair under it")
+    parser.add_argument("--results", default=str(RESULTS_CSV), help="CSV to upsert the rows into")
+    parser.add_argument("--no-results", action="store_true", help="do not touch the results CSV")
+    parser.add_argument("--resume", action="store_true", help="continue runs that have a checkpoint")
+    add_arguments(parser, skip=_SKIP)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    routings = args.routings or routing.available()
+    runs = planned_runs(args.model, routings, args.dataset, args.papers)
+    results = None if args.no_results else Path(args.results)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:
+        table = compare(runs, overrides_from_args(args, skip=_SKIP), Path(args.out_dir), results, args.resume)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished runs are in {args.out_dir}/comparison.csv; rerun with --resume to continue",
+              file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        print(f"capsule-compare-accuracy: error: {error}", file=sys.stderr)
+        return 2
+    print(to_markdown(table[[c for c in SUMMARY_COLUMNS if c in table.columns]]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
