@@ -38,7 +38,7 @@ from experiments import provenance
 from experiments.tables import to_markdown, write_csv_atomic
 from experiments.training_checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from experiments.training_config import TrainConfig, add_arguments, build_config, overrides_from_args
-from experiments.training_data import TrainingData, load_data, steps_per_epoch, test_shard, train_batches
+from experiments.training_data import TrainingData, eval_shard, load_data, steps_per_epoch, train_batches
 from experiments.training_distributed import DistributedContext, main_rank_value, setup, sum_across_ranks, teardown
 from experiments.training_schedule import lr_at, progress, spread_margin_at
 
@@ -107,7 +107,7 @@ def evaluate(config: TrainConfig, model: nn.Module, data: TrainingData, ctx: Dis
              margin: float) -> tuple[float, float]:
     """(test accuracy, mean test classification loss) over the whole test set, each rank scoring its share."""
     model.eval()
-    images, labels = test_shard(data, ctx.rank, ctx.world_size)
+    images, labels = eval_shard(data, ctx.rank, ctx.world_size)
     correct = loss_sum = 0.0
     for chunk, chunk_labels in zip(images.split(config.eval_batch_size), labels.split(config.eval_batch_size)):
         chunk, chunk_labels = chunk.to(ctx.device), chunk_labels.to(ctx.device)

@@ -107,6 +107,6 @@ def train_batches(data: TrainingData, batch_size: int, generator: torch.Generato
         yield images[mine], data.train_labels[index][mine]
 
 
-def test_shard(data: TrainingData, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def eval_shard(data: TrainingData, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's share of the test set (a strided split: every sample in exactly one rank's share)."""
     return data.test_images[rank::world_size], data.test_labels[rank::world_size]
