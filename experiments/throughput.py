@@ -1,37 +1,267 @@
-"""Routing throughput on random votes: a first, small comparison (the full sweep replaces it).
+"""Routing throughput: every case x routing x provider x mode x batch size, upserted into one CSV.
 
-    python -m experiments.throughput
+    python -m experiments.throughput                      # the default comparison (minutes on a 2-core CPU)
+    capsule-throughput --cases routing --routings dynamic --providers torch torch-compile --batch-sizes 8 32
+    capsule-throughput --dtypes float32 bfloat16 --iterations 1 3 --repeats 20 --out /tmp/t.csv --plot /tmp/t.png
+
+Cases (experiments/bench_cases.py): the routing step alone on votes [B, 1152, 10, 16], the CapsuleLinear layer
+1152 x 8D -> 10 x 16D, and the ConvCaps layer 6x6 -> 4x4, K=3, 16 -> 16 types; each for every routing asked.
+Providers: "torch" (the PyTorch backend, eager), "torch-compile" (the same module under torch.compile; the first
+calls, which compile, are timed apart from the loop as first_call_s), "triton" (the Triton backend; CUDA only:
+elsewhere a skipped row says so). Modes: forward, backward (of a retained graph), forward+backward.
+The NaN/Inf scan of routing inputs is off while timing (routing.finite_checks(False)).
+
+Each row: what was measured (case, routing, provider, mode, dtype, iterations, x_name/x_value = batch size),
+median and 20/80% quantiles in ms, samples/s, peak memory, GB/s against the bytes the routing must move and its
+fraction of the device's copy bandwidth (GPU only), and where it came from (device, versions, commit, time).
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 import routing
+from experiments.bench_cases import CASES, MODES, CaseUnavailable, Workload, bytes_moved, get_case
+from experiments.provenance import device_name, git_commit, timestamp, versions
+from experiments.tables import RESULTS_DIR, upsert_csv
+from experiments.throughput_report import pivot_markdown, results_markdown, save_plot
+from experiments.throughput_timing import copy_bandwidth_gbps, peak_memory_bytes, time_cpu, time_cuda
+
+PROVIDERS = ("torch", "torch-compile", "triton")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+KEY = ["case", "routing", "provider", "mode", "dtype", "iterations", "x_name", "x_value", "device"]
+COLUMNS = [*KEY[:-1], "shape", "status", "note", "median", "q20", "q80", "unit", "samples_per_s", "peak_mem_mb",
+           "gb_per_s", "copy_bw_fraction", "first_call_s", "repeats", "device", "device_type", "torch", "triton",
+           "commit", "timestamp"]
+DEFAULT_CSV = RESULTS_DIR / "throughput.csv"
 
 
-def time_ms(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
+@dataclass
+class Sweep:
+    """What to measure. batch_sizes None: each case's own default list (bench_cases.CASES)."""
+
+    cases: Sequence[str] = tuple(CASES)
+    routings: Sequence[str] = ("dynamic", "em")
+    providers: Sequence[str] | None = None  # None: default_providers(device)
+    modes: Sequence[str] = MODES
+    batch_sizes: Sequence[int] | None = None
+    iterations: Sequence[int] = (3,)
+    dtypes: Sequence[str] = ("float32",)
+    repeats: int = 5  # timed calls per row on the CPU (on a GPU do_bench decides)
+    warmup: int = 1  # untimed calls before them, after the first call
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def check(self) -> None:
+        """Unknown names raise KeyError (listing what exists); bad numbers raise ValueError."""
+        for case in self.cases:
+            get_case(case)
+        for name in self.routings:
+            routing.backends(name)  # UnknownRoutingError (a KeyError) listing the registered ones
+        for provider in self.providers or ():
+            if provider not in PROVIDERS:
+                raise KeyError(f"unknown provider {provider!r}; available: {', '.join(PROVIDERS)}")
+        for mode in self.modes:
+            if mode not in MODES:
+                raise KeyError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
+        for dtype in self.dtypes:
+            if dtype not in DTYPES:
+                raise KeyError(f"unknown dtype {dtype!r}; available: {', '.join(DTYPES)}")
+        for label, values in (("batch sizes", self.batch_sizes or (1,)), ("iterations", self.iterations)):
+            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"{label} must be positive integers, got {list(values)}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
+        if not (self.cases and self.routings and self.modes and self.dtypes):
+            raise ValueError("cases, routings, modes and dtypes must each name at least one value")
+
+
+def default_providers(device: torch.device) -> tuple[str, ...]:
+    """Everything on a GPU. On a CPU torch and triton (which records "needs CUDA"): torch.compile is left out of
+    the default because compiling one shape's forward and backward took about 40 s on the 2-core CPU (dynamic
+    routing, B=32), longer than the whole default sweep; ask for it with --providers torch torch-compile."""
+    return PROVIDERS if device.type == "cuda" else ("torch", "triton")
+
+
+def unavailable_reason(provider: str, routing_name: str, device: torch.device) -> str | None:
+    """Why `provider` cannot run `routing_name` on `device` (the row is skipped with this note), or None."""
+    if provider == "triton":
+        if device.type != "cuda":
+            return "needs CUDA"
+        if "triton" not in routing.backends(routing_name):
+            return f"no triton backend registered for routing {routing_name!r}"
+    return None
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Runner:
+    """The provider's callable for a workload, with the upstream gradients and first-call times (which include
+    compilation under torch.compile) measured once, before any mode is timed."""
+
+    def __init__(self, workload: Workload, provider: str, device: torch.device):
+        self.workload = workload
+        self.device = device
+        module = workload.module
+        if provider == "torch-compile":
+            torch._dynamo.reset()  # every shape compiles from scratch: first_call_s is its compile time
+            module = torch.compile(module, dynamic=False)
+        self.module = module
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[len(times) // 2]
+        outputs = self.forward()
+        synchronize(device)
+        self.first_forward_s = time.perf_counter() - start
+        self.grads = tuple(torch.randn_like(o) for o in outputs)
+        start = time.perf_counter()
+        torch.autograd.grad(outputs, workload.leaves, self.grads)
+        synchronize(device)
+        self.first_backward_s = time.perf_counter() - start
+
+    def forward(self) -> tuple[torch.Tensor, ...]:
+        """(poses, activations) of one call."""
+        out = self.module(*self.workload.inputs)
+        return tuple(out[:2])
+
+    def timed(self, mode: str) -> tuple[Callable[[], object], float]:
+        """The callable timed for `mode` and the first-call seconds that belong to it."""
+        leaves, grads = self.workload.leaves, self.grads
+        if mode == "forward":
+            return self.forward, self.first_forward_s
+        if mode == "backward":
+            outputs = self.forward()
+            return (lambda: torch.autograd.grad(outputs, leaves, grads, retain_graph=True)), self.first_backward_s
+        if mode == "forward+backward":
+            return (lambda: torch.autograd.grad(self.forward(), leaves, grads)), (
+                self.first_forward_s + self.first_backward_s)
+        raise KeyError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
 
 
-def main() -> None:
+def measure(runner: Runner, mode: str, sweep: Sweep, iterations: int, batch: int) -> dict:
+    """The timing columns of one row."""
+    fn, first_call_s = runner.timed(mode)
+    device = runner.device
+    if device.type == "cuda":
+        timing = time_cuda(fn)
+    else:
+        timing = time_cpu(fn, repeats=sweep.repeats, warmup=sweep.warmup)
+    peak = peak_memory_bytes(fn, device)
+    median_s = timing.median_ms * 1e-3
+    gbps = math.nan
+    if device.type == "cuda":
+        gbps = bytes_moved(runner.workload.votes_bytes(), iterations, mode) / median_s / 1e9
+    return {
+        "median": timing.median_ms, "q20": timing.q20_ms, "q80": timing.q80_ms, "unit": "ms",
+        "samples_per_s": batch / median_s, "peak_mem_mb": peak / 2**20, "gb_per_s": gbps,
+        "copy_bw_fraction": gbps / copy_bandwidth_gbps(device) if device.type == "cuda" else math.nan,
+        "first_call_s": first_call_s,
+    }
+
+
+def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Measure every combination of `sweep`; one row per (case, routing, provider, mode, dtype, iterations,
+    batch). Unavailable providers, cases that cannot be built and failed compilations give skipped rows."""
+    sweep.check()
+    device = torch.device(sweep.device)
+    providers = tuple(sweep.providers or default_providers(device))
+    provenance = {"device": device_name(device), "device_type": device.type, **versions(), "commit": git_commit(), "timestamp": timestamp()}
     rows = []
-    for name, (B, I, J, D) in [("dynamic", (32, 1152, 10, 16)), ("em", (32, 288, 32, 16))]:
-        router = routing.create(name, backend="torch")
-        votes = torch.randn(B, I, J, D, requires_grad=True)
-        rows.append({"routing": name, "shape": f"{B}x{I}x{J}x{D}",
-                     "forward_ms": time_ms(lambda: router(votes)),
-                     "forward_backward_ms": time_ms(lambda: router(votes).poses.sum().backward())})
-    print(pd.DataFrame(rows).to_markdown(index=False))
+    torch.manual_seed(0)
+    with routing.finite_checks(False):
+        for case_name in sweep.cases:
+            case = get_case(case_name)
+            for name in sweep.routings:
+                for iterations in sweep.iterations:
+                    for dtype in sweep.dtypes:
+                        for batch in sweep.batch_sizes or case.batch_sizes:
+                            for provider in providers:
+                                label = dict(case=case_name, routing=name, provider=provider, dtype=dtype,
+                                             iterations=iterations, x_name="batch", x_value=batch)
+                                log(f"{case_name} {name} T={iterations} {dtype} B={batch} {provider}")
+                                for result in _measure_provider(case.build, sweep, device, label):
+                                    rows.append({**label, **result, **provenance})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _measure_provider(build, sweep: Sweep, device: torch.device, label: dict) -> list[dict]:
+    """Rows (without labels) for every mode of one provider on one workload."""
+
+    def skipped(note: str) -> list[dict]:
+        return [{"mode": mode, "status": "skipped", "note": note} for mode in sweep.modes]
+
+    provider, name = label["provider"], label["routing"]
+    reason = unavailable_reason(provider, name, device)
+    if reason:
+        return skipped(reason)
+    backend = "triton" if provider == "triton" else "torch"
+    try:
+        workload = build(name, label["iterations"], backend, label["x_value"], DTYPES[label["dtype"]], device)
+    except (CaseUnavailable, ValueError, TypeError, NotImplementedError) as error:
+        return skipped(f"cannot build: {first_line(error)}")
+    try:
+        runner = Runner(workload, provider, device)
+    except Exception as error:
+        if provider != "torch-compile":
+            raise
+        return skipped(f"compile failed: {first_line(error)}")
+    return [{"mode": mode, "shape": workload.shape, "status": "ok", "note": "",
+             **measure(runner, mode, sweep, label["iterations"], label["x_value"]), "repeats": sweep.repeats}
+            for mode in sweep.modes]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = Sweep()
+    parser.add_argument("--cases", nargs="+", default=list(defaults.cases), help=f"of {', '.join(CASES)}")
+    parser.add_argument("--routings", nargs="+", default=list(defaults.routings),
+                        help=f"registered routing names (now: {', '.join(routing.available())})")
+    parser.add_argument("--providers", nargs="+", default=None,
+                        help=f"of {', '.join(PROVIDERS)} (default: all on CUDA; torch and triton on CPU)")
+    parser.add_argument("--modes", nargs="+", default=list(defaults.modes), help=f"of {', '.join(MODES)}")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                        help="default: per case (routing 8 32, capsule-linear 32 128, conv-caps 8 32)")
+    parser.add_argument("--iterations", nargs="+", type=int, default=list(defaults.iterations))
+    parser.add_argument("--dtypes", nargs="+", default=list(defaults.dtypes), help=f"of {', '.join(DTYPES)}")
+    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed calls per row on the CPU")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed calls before them (CPU)")
+    parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--out", type=Path, default=DEFAULT_CSV, help="CSV the rows are upserted into")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="markdown table of the whole CSV (default: the CSV path with .md)")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="plot of this device's rows (default: throughput_<device type>.png beside the CSV)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the sweep, upsert its rows into --out, print the pivoted table, write the markdown and the plot."""
+    args = parse_args(argv)
+    sweep = Sweep(cases=args.cases, routings=args.routings, providers=args.providers, modes=args.modes,
+                  batch_sizes=args.batch_sizes, iterations=args.iterations, dtypes=args.dtypes,
+                  repeats=args.repeats, warmup=args.warmup, device=args.device)
+    rows = run_sweep(sweep)
+    table = upsert_csv(args.out, rows, key=KEY)
+    print(pivot_markdown(rows))
+    markdown = args.markdown or args.out.with_suffix(".md")
+    markdown.write_text(results_markdown(table))
+    plot = args.plot or args.out.parent / f"throughput_{torch.device(sweep.device).type}.png"
+    drawn = save_plot(table[table["device"] == rows["device"].iloc[0]], plot)
+    print(f"\n{len(rows)} rows upserted into {args.out}; markdown {markdown}; "
+          f"plot {plot if drawn else '(none: no row was timed)'}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,144 @@
+"""What the throughput comparison measures: one case per workload, built for a routing algorithm and a backend.
+
+A case builds a `Workload`: the module to time (a router, or a whole capsule layer), its inputs, the leaves the
+backward differentiates (inputs that need a gradient, and the module's parameters), and the size of the votes
+tensor the routing works on, for the bytes-moved model of `bytes_moved`.
+
+Cases (B is the swept batch size):
+    routing         the routing step alone: votes [B, 1152, 10, 16] and activations [B, 1152] in, RoutingResult out
+                    (the CapsNet DigitCaps votes, so every algorithm is timed on the same input)
+    capsule-linear  capsules.CapsuleLinear(1152, 8, 10, 16): poses [B, 1152, 8] -> [B, 10, 16], CapsNet DigitCaps
+    conv-caps       capsules.ConvCaps(16, 16, kernel_size=3, stride=1): poses [B, 6, 6, 16, 16] and activations
+                    [B, 6, 6, 16] -> [B, 4, 4, 16, 16] (a matrix-capsule layer; votes [B*16, 144, 16, 16])
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+import routing
+
+MODES = ("forward", "backward", "forward+backward")
+
+
+class CaseUnavailable(Exception):
+    """A case that cannot be built here (for example the layers are not installed); the sweep records a note."""
+
+
+@dataclass
+class Workload:
+    """One timed setting: ``module(*inputs)`` returns (poses, activations, ...)."""
+
+    module: nn.Module
+    inputs: tuple[Tensor | None, ...]
+    leaves: tuple[Tensor, ...]  # what backward differentiates: inputs with requires_grad, then parameters
+    votes_shape: tuple[int, ...]  # [rows, I, J, D] of the votes the routing step sees
+    shape: str  # human-readable description of the input and output shapes
+
+    def votes_bytes(self) -> int:
+        dtype = next((t.dtype for t in self.inputs if t is not None), torch.float32)
+        return torch.Size(self.votes_shape).numel() * torch.empty((), dtype=dtype).element_size()
+
+
+def bytes_moved(votes_bytes: int, iterations: int, mode: str) -> int:
+    """The traffic model for achieved GB/s: the least a routing implementation must move through memory.
+
+    forward: the votes are read once per iteration (T reads); backward: read once per iteration again and their
+    gradient written once (T + 1); forward+backward: both (2T + 1). Outputs, activations and the layers' weights
+    and matrix products are ignored (each is at most 1/D of the votes, or not routing work).
+    """
+    factor = {"forward": iterations, "backward": iterations + 1, "forward+backward": 2 * iterations + 1}
+    if mode not in factor:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    return factor[mode] * votes_bytes
+
+
+def _leaf(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, positive: bool = False) -> Tensor:
+    x = torch.randn(shape, device=device)
+    if positive:
+        x = torch.sigmoid(x)
+    return x.to(dtype).requires_grad_()
+
+
+def _leaves(inputs: tuple[Tensor | None, ...], module: nn.Module) -> tuple[Tensor, ...]:
+    params = tuple(p for p in module.parameters() if p.requires_grad)
+    return tuple(t for t in inputs if t is not None and t.requires_grad) + params
+
+
+def routing_step(name: str, iterations: int, backend: str, batch: int, dtype: torch.dtype,
+                 device: torch.device) -> Workload:
+    """The router alone on votes [B, 1152, 10, 16] and activations [B, 1152]."""
+    I, J, D = 1152, 10, 16
+    options: dict = {"iterations": iterations}
+    if "out_caps" in _router_options(name):
+        options["out_caps"] = J  # EM learns beta_u, beta_a per parent type
+    module = routing.create(name, backend=backend, **options).to(device=device, dtype=dtype)
+    inputs = (_leaf((batch, I, J, D), dtype, device), _leaf((batch, I), dtype, device, positive=True))
+    return Workload(module, inputs, _leaves(inputs, module), (batch, I, J, D),
+                    f"votes [{batch}, {I}, {J}, {D}] -> [{batch}, {J}, {D}]")
+
+
+def _router_options(name: str) -> set[str]:
+    cls = type(routing.create(name, backend="torch"))
+    return set(inspect.signature(cls.__init__).parameters)
+
+
+def _layer(class_name: str):
+    import capsules
+
+    layer = getattr(capsules, class_name, None)
+    if layer is None:
+        raise CaseUnavailable(f"capsules layers not available (no capsules.{class_name})")
+    return layer
+
+
+def capsule_linear(name: str, iterations: int, backend: str, batch: int, dtype: torch.dtype,
+                   device: torch.device) -> Workload:
+    """CapsuleLinear 1152 x 8D -> 10 x 16D (CapsNet DigitCaps) on poses [B, 1152, 8], no input activations."""
+    I, in_dim, J, D = 1152, 8, 10, 16
+    module = _layer("CapsuleLinear")(I, in_dim, J, D, routing=name, iterations=iterations, backend=backend)
+    module = module.to(device=device, dtype=dtype)
+    inputs = (_leaf((batch, I, in_dim), dtype, device), None)
+    return Workload(module, inputs, _leaves(inputs, module), (batch, I, J, D),
+                    f"poses [{batch}, {I}, {in_dim}] -> [{batch}, {J}, {D}]")
+
+
+def conv_caps(name: str, iterations: int, backend: str, batch: int, dtype: torch.dtype,
+              device: torch.device) -> Workload:
+    """ConvCaps 16 -> 16 types, K=3, stride 1, 4x4 poses, on a 6x6 grid -> 4x4 (votes [B*16, 144, 16, 16])."""
+    H = W = 6
+    types, K, pose = 16, 3, 16
+    module = _layer("ConvCaps")(types, types, K, 1, routing=name, iterations=iterations, backend=backend)
+    module = module.to(device=device, dtype=dtype)
+    inputs = (_leaf((batch, H, W, types, pose), dtype, device), _leaf((batch, H, W, types), dtype, device, True))
+    out = H - K + 1
+    return Workload(module, inputs, _leaves(inputs, module), (batch * out * out, K * K * types, types, pose),
+                    f"poses [{batch}, {H}, {W}, {types}, {pose}] -> [{batch}, {out}, {out}, {types}, {pose}]")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Callable[[str, int, str, int, torch.dtype, torch.device], Workload]
+    batch_sizes: tuple[int, ...]  # the default sweep, chosen to finish in seconds on a 2-core CPU
+
+
+CASES: dict[str, Case] = {
+    case.name: case
+    for case in (
+        Case("routing", routing_step, (8, 32)),
+        Case("capsule-linear", capsule_linear, (32, 128)),
+        Case("conv-caps", conv_caps, (8, 32)),
+    )
+}
+
+
+def get_case(name: str) -> Case:
+    if name not in CASES:
+        raise KeyError(f"unknown case {name!r}; available: {', '.join(CASES)}")
+    return CASES[name]

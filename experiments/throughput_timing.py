@@ -1,0 +1,118 @@
+"""Timing, peak memory and copy bandwidth for the throughput comparison.
+
+- Time: warm-up, then the median and 20% / 80% quantiles of repeated runs. On a GPU `triton.testing.do_bench`
+  (its own warm-up of 25 ms, then about 100 ms of runs, caches flushed between runs); on the CPU a
+  `time.perf_counter` loop of `warmup` untimed then `repeats` timed calls.
+- Peak memory: the most bytes allocated at once during one call, above what was allocated before it (inputs and
+  weights are not counted). GPU: `torch.cuda.max_memory_allocated`. CPU: the torch profiler's memory timeline
+  (every tensor allocation and free recorded by the profiler); NaN when the profiler cannot give it.
+- Copy bandwidth: 2 x bytes / time of a 1 GiB device-to-device tensor copy (read + write), timed with do_bench.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from torch import Tensor
+
+QUANTILES = (0.5, 0.2, 0.8)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Milliseconds per call: median and 20% / 80% quantiles."""
+
+    median_ms: float
+    q20_ms: float
+    q80_ms: float
+
+
+def quantiles_ms(seconds: Sequence[float]) -> Timing:
+    """Median and 20/80% quantiles (linear interpolation) of per-call times in seconds, as milliseconds."""
+    if not seconds:
+        raise ValueError("need at least one timed run")
+    ms = sorted(1000.0 * s for s in seconds)
+    if len(ms) == 1:
+        return Timing(ms[0], ms[0], ms[0])
+    cuts = statistics.quantiles(ms, n=10, method="inclusive")  # deciles: cuts[1] = 20%, cuts[7] = 80%
+    return Timing(statistics.median(ms), cuts[1], cuts[7])
+
+
+def time_cpu(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
+    """`warmup` untimed calls, then the median and quantiles of `repeats` timed calls."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return quantiles_ms(seconds)
+
+
+def time_cuda(fn: Callable[[], object], grad_to_none: Sequence[Tensor] | None = None) -> Timing:
+    """triton.testing.do_bench: median and 20/80% quantiles in milliseconds."""
+    from triton.testing import do_bench
+
+    median, q20, q80 = do_bench(fn, grad_to_none=grad_to_none, quantiles=list(QUANTILES))
+    return Timing(float(median), float(q20), float(q80))
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak bytes allocated during one call of `fn` above what was allocated before it (NaN if unknown)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - before)
+    if device.type == "cpu":
+        return cpu_peak_memory_bytes(fn)
+    return float("nan")
+
+
+def cpu_peak_memory_bytes(fn: Callable[[], object]) -> float:
+    """Replay the profiler's record of CPU tensor allocations (CREATE) and frees (DESTROY) of one call in time
+    order and return the highest running total; tensors that existed before the call start the total at 0."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action, MemoryProfile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:
+            fn()
+        timeline = MemoryProfile(prof.profiler.kineto_results).timeline
+    except Exception:  # a private profiler API: any failure means "unknown", not a wrong number
+        return float("nan")
+    live = peak = 0
+    for _, action, (key, _), size in sorted(timeline, key=lambda event: event[0]):
+        if key.device.type != "cpu":
+            continue
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return float(peak)
+
+
+@cache
+def copy_bandwidth_gbps(device: torch.device) -> float:
+    """Measured device copy bandwidth in GB/s: 2 * bytes / time of copying a 1 GiB tensor (NaN on CPU)."""
+    if device.type != "cuda":
+        return float("nan")
+    source = torch.empty(2**28, dtype=torch.float32, device=device)
+    target = torch.empty_like(source)
+    ms = time_cuda(lambda: target.copy_(source)).median_ms
+    nbytes = 2 * source.numel() * source.element_size()
+    del source, target
+    torch.cuda.empty_cache()
+    return nbytes / (ms * 1e-3) / 1e9

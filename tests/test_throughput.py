@@ -1,0 +1,131 @@
+"""The throughput sweep on tiny settings on the CPU: table columns, upserts, skips and clear errors.
+
+Timings are never asserted (only that they are positive and ordered); the sizes are the cases' own at batch 1.
+"""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from experiments import throughput
+from experiments.bench_cases import bytes_moved
+from experiments.tables import read_csv
+from experiments.throughput import KEY, Sweep, run_sweep
+from experiments.throughput_timing import cpu_peak_memory_bytes, quantiles_ms
+
+TINY = ["--batch-sizes", "1", "--repeats", "2", "--warmup", "0", "--device", "cpu"]
+
+
+def run_main(tmp_path, *args):
+    csv = tmp_path / "throughput.csv"
+    throughput.main([*args, *TINY, "--out", str(csv), "--plot", str(tmp_path / "plot.png")])
+    return read_csv(csv)
+
+
+def test_sweep_writes_table_with_stated_columns(tmp_path, capsys):
+    table = run_main(tmp_path, "--cases", "routing", "--routings", "dynamic", "em", "--providers", "torch", "triton")
+    stated = KEY + ["median", "q20", "q80", "unit", "samples_per_s", "peak_mem_mb", "first_call_s", "torch",
+                    "triton", "commit", "timestamp", "status", "note"]
+    assert set(stated) <= set(table.columns)
+    assert len(table) == 2 * 2 * 3  # routings x providers x modes
+    timed = table[table["provider"] == "torch"]
+    assert (timed["status"] == "ok").all() and set(timed["mode"]) == {"forward", "backward", "forward+backward"}
+    assert (timed["q20"] <= timed["median"]).all() and (timed["median"] <= timed["q80"]).all()
+    assert (timed["median"] > 0).all() and (timed["unit"] == "ms").all()
+    assert timed["samples_per_s"].tolist() == pytest.approx((1000.0 / timed["median"]).tolist())
+    assert (timed["peak_mem_mb"] > 0).all()  # the routing allocates at least its outputs
+    assert timed["gb_per_s"].isna().all()  # GB/s is a GPU column
+    printed = capsys.readouterr().out
+    assert "| routing" in printed and "torch forward+backward" in printed
+    assert (tmp_path / "throughput.md").read_text().count("| routing") >= 1
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_triton_on_cpu_is_a_skipped_row_with_a_note():
+    rows = run_sweep(Sweep(cases=["routing"], routings=["dynamic"], providers=["triton"], batch_sizes=[1],
+                           repeats=1, device="cpu"), log=lambda _: None)
+    assert len(rows) == 3
+    assert (rows["status"] == "skipped").all() and (rows["note"] == "needs CUDA").all()
+    assert rows["median"].isna().all()
+    from experiments.throughput_report import pivot_markdown
+
+    assert "[1] needs CUDA" in pivot_markdown(rows)
+
+
+def test_upserting_the_same_key_twice_keeps_one_row(tmp_path):
+    args = ["--cases", "routing", "--routings", "dynamic", "--providers", "torch", "--modes", "forward"]
+    first = run_main(tmp_path, *args)
+    second = run_main(tmp_path, *args)
+    assert len(first) == len(second) == 1
+    assert not second.duplicated(subset=KEY).any()
+    again = run_main(tmp_path, *args[:-1], "backward")
+    assert sorted(again["mode"]) == ["backward", "forward"]
+
+
+@pytest.mark.parametrize("field, value", [("providers", ["cuda-magic"]), ("routings", ["no-such-routing"]),
+                                          ("cases", ["no-such-case"]), ("modes", ["sideways"]),
+                                          ("dtypes", ["float8"])])
+def test_unknown_names_raise_key_error_listing_choices(field, value):
+    sweep = Sweep(**{field: value}, device="cpu")
+    with pytest.raises(KeyError, match="available"):
+        run_sweep(sweep)
+
+
+def test_bad_numbers_raise_value_error():
+    with pytest.raises(ValueError, match="batch sizes"):
+        Sweep(batch_sizes=[0]).check()
+    with pytest.raises(ValueError, match="repeats"):
+        Sweep(repeats=0).check()
+
+
+def test_failed_compile_is_a_skipped_row(monkeypatch):
+    class Broken(torch.nn.Module):
+        def forward(self, *args):
+            raise RuntimeError("backend exploded\nlong traceback text")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: Broken())
+    rows = run_sweep(Sweep(cases=["routing"], routings=["dynamic"], providers=["torch-compile"], batch_sizes=[1],
+                           repeats=1, device="cpu"), log=lambda _: None)
+    assert (rows["status"] == "skipped").all()
+    assert (rows["note"] == "compile failed: RuntimeError: backend exploded").all()
+
+
+def test_bytes_moved_model():
+    assert bytes_moved(100, 3, "forward") == 300
+    assert bytes_moved(100, 3, "backward") == 400
+    assert bytes_moved(100, 3, "forward+backward") == 700
+    with pytest.raises(ValueError, match="mode"):
+        bytes_moved(100, 3, "sideways")
+
+
+def test_quantiles():
+    timing = quantiles_ms([0.005, 0.001, 0.003, 0.002, 0.004])
+    assert (timing.median_ms, timing.q20_ms, timing.q80_ms) == pytest.approx((3.0, 1.8, 4.2))
+
+
+def test_cpu_peak_memory_follows_allocations_and_frees():
+    def allocate():
+        a = torch.empty(250_000)  # 1 MB live
+        b = a + 1  # 2 MB live: the peak
+        del a
+        c = torch.empty(125_000)  # 1.5 MB live
+        return b, c
+
+    peak = cpu_peak_memory_bytes(allocate)
+    assert not math.isnan(peak)
+    assert peak == pytest.approx(2_000_000, abs=1024)
+
+
+def test_layer_cases_run_or_say_why(tmp_path):
+    rows = run_sweep(Sweep(cases=["capsule-linear", "conv-caps"], routings=["dynamic", "em"], providers=["torch"],
+                           modes=["forward+backward"], batch_sizes=[1], repeats=1, warmup=0, device="cpu"),
+                     log=lambda _: None)
+    assert len(rows) == 4
+    for _, row in rows.iterrows():
+        if row["status"] == "ok":
+            assert row["median"] > 0
+        else:
+            assert isinstance(row["note"], str) and row["note"].startswith("cannot build")
+    assert isinstance(rows, pd.DataFrame)
