@@ -59,12 +59,16 @@ class RunState:
 
 
 # ---------------------------------------------------------------------------------------------------- set-up
-def build_model(config: TrainConfig, data: TrainingData) -> nn.Module:
-    """capsules.create_model for the dataset's channels, image size and classes, with the routing chosen."""
-    if config.routing not in routing.available():
-        raise KeyError(f"unknown routing {config.routing!r}; available: {', '.join(routing.available())}")
+def check_names(config: TrainConfig) -> None:
+    """KeyError listing what exists when the model or the routing is not registered (before any data is read)."""
     if config.model not in capsules.models():
         raise KeyError(f"unknown model {config.model!r}; available: {', '.join(capsules.models())}")
+    if config.routing not in routing.available():
+        raise KeyError(f"unknown routing {config.routing!r}; available: {', '.join(routing.available())}")
+
+
+def build_model(config: TrainConfig, data: TrainingData) -> nn.Module:
+    """capsules.create_model for the dataset's channels, image size and classes, with the routing chosen."""
     options = dict(in_channels=data.channels, num_classes=data.classes, image_size=data.image_size,
                    routing_iterations=config.routing_iterations, routing_backend=config.routing_backend,
                    **config.model_options)
@@ -138,6 +142,7 @@ def train(config: TrainConfig) -> pd.DataFrame:
 
 
 def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
+    check_names(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     out = output_dir(config)

@@ -1,0 +1,114 @@
+"""Training runs end to end: real MNIST learns with each routing, resume is exact, smallNORB files train, and bad
+arguments fail with clear messages. Small subsets and the compact model keep the module well under a minute."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import routing
+from experiments.train import CHECKPOINT, METRICS, main, train
+from experiments.training_config import build_config
+from helpers_smallnorb import write_split
+
+MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/mnist"
+COMPACT = "compact"
+ROW_COLUMNS = {"epoch", "train_loss", "train_accuracy", "test_accuracy", "test_error", "samples_per_s",
+               "wall_time_s", "device", "git_commit", "config_model", "config_routing", "config_lr", "config_seed"}
+
+
+def small_run(tmp_path: Path, name: str, **options):
+    """A quick compact-model configuration on a slice of real MNIST, writing into tmp_path / name."""
+    settings = dict(model=COMPACT, dataset="mnist", data_root=str(MNIST_DIR), train_subset=512, test_subset=200,
+                    batch_size=64, epochs=1, progress=False, out_dir=str(tmp_path / name), threads=2)
+    return build_config(**{**settings, **options})
+
+
+@pytest.mark.parametrize("routing_name", routing.available())
+def test_short_real_mnist_run_learns_well_above_chance(tmp_path, routing_name):
+    config = small_run(tmp_path, routing_name, routing=routing_name, train_subset=3072, test_subset=1000)
+    table = train(config)
+    assert len(table) == 1
+    assert table["test_accuracy"].iloc[0] > 0.5, table.to_string()  # chance is 0.1
+    saved = pd.read_csv(Path(config.out_dir) / METRICS)
+    assert ROW_COLUMNS <= set(saved.columns)
+    assert saved["test_accuracy"].iloc[0] == pytest.approx(table["test_accuracy"].iloc[0])
+    assert saved["config_routing"].iloc[0] == routing_name
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
+    straight = train(small_run(tmp_path, "straight", routing="dynamic", epochs=2))
+    train(small_run(tmp_path, "resumed", routing="dynamic", epochs=1))
+    resumed = train(small_run(tmp_path, "resumed", routing="dynamic", epochs=2, resume=True))
+    metrics = ["epoch", "step", "train_loss", "train_accuracy", "test_accuracy", "lr"]
+    pd.testing.assert_frame_equal(straight[metrics], resumed[metrics])
+    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)
+    b = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert torch.equal(a["data_generator"], b["data_generator"])
+
+
+def test_a_finished_run_resumes_to_the_same_table(tmp_path):
+    first = train(small_run(tmp_path, "done", routing="dynamic", train_subset=128))
+    again = train(small_run(tmp_path, "done", routing="dynamic", train_subset=128, resume=True))
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_interrupt_leaves_the_last_checkpoint_and_table(tmp_path, monkeypatch):
+    import experiments.train as train_module
+
+    config = small_run(tmp_path, "killed", routing="dynamic", epochs=2, train_subset=128)
+    calls = {"n": 0}
+    real_evaluate = train_module.evaluate
+
+    def interrupted_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", interrupted_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    assert pd.read_csv(Path(config.out_dir) / METRICS)["epoch"].tolist() == [1]
+    assert torch.load(Path(config.out_dir) / CHECKPOINT, weights_only=False)["run"]["epoch"] == 1
+
+
+def test_smallnorb_run_on_written_files_completes(tmp_path):
+    root = tmp_path / "smallnorb"
+    write_split(root, train=True, pairs=36, seed=1)
+    write_split(root, train=False, pairs=20, seed=2)
+    config = small_run(tmp_path, "norb", model=COMPACT, routing="em", dataset="smallnorb", data_root=str(root),
+                       train_subset=None, test_subset=None, batch_size=12, loss="spread")
+    table = train(config)
+    assert table["epoch"].tolist() == [1] and table["step"].tolist() == [3]
+    assert 0.0 <= table["test_accuracy"].iloc[0] <= 1.0
+    assert table["train_loss"].notna().all()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--routing", "no-such-routing"], "unknown routing 'no-such-routing'"),
+    (["--dataset", "cifar10"], "--dataset must be one of"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+])
+def test_bad_arguments_are_clear_errors(tmp_path, capsys, argv, message):
+    common = ["--model", COMPACT, "--data-root", str(MNIST_DIR), "--train-subset", "64", "--test-subset", "64",
+              "--out-dir", str(tmp_path / "bad"), "--no-progress"]
+    assert main(common + argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert main(["--model", COMPACT, "--data-root", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "mnist data not found in" in err and "--data-root" in err
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
+    argv = ["--model", COMPACT, "--data-root", str(MNIST_DIR), "--train-subset", "64", "--test-subset", "64",
+            "--out-dir", str(tmp_path / "none"), "--resume"]
+    assert main(argv) == 2
+    assert "no checkpoint to resume" in capsys.readouterr().err
