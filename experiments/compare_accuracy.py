@@ -25,7 +25,7 @@ import pandas as pd
 import routing
 from experiments import provenance
 from experiments.tables import RESULTS_DIR, read_csv, to_markdown, upsert_csv, write_csv_atomic
-from experiments.train import CHECKPOINT, output_dir, raise_keyboard_interrupt, train
+from experiments.train import CHECKPOINT, check_names, output_dir, raise_keyboard_interrupt, train
 from experiments.training_config import TrainConfig, add_arguments, build_config, overrides_from_args
 
 # (model, routing, dataset) the papers trained.
@@ -81,7 +81,9 @@ def compare(runs: list[tuple[str, str, str]], overrides: dict, out_dir: Path, re
     holds a checkpoint continues from it (a finished run is not trained again).
     """
     configs = [build_config(model=m, routing=r, dataset=d, out_dir=str(out_dir / f"{m}-{r}-{d}"), **overrides)
-               for m, r, d in runs]  # every configuration is checked before the first run starts
+               for m, r, d in runs]
+    for config in configs:  # every configuration is checked before the first run starts
+        check_names(config)
     rows = []
     for config in configs:
         config.resume = resume and (output_dir(config) / CHECKPOINT).exists()
