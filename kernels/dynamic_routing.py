@@ -304,22 +304,22 @@ def _target_programs(device: torch.device) -> int:
     return INTERPRETER_PROGRAMS
 
 
-def launch_config(votes: Tensor, block_i: int | None = None, blocks_per_program: int | None = None) -> LaunchConfig:
+def launch_config(votes: Tensor, block_i: int = 0, blocks_per_program: int = 0) -> LaunchConfig:
     """Split each sample's I children into n_chunks programs of blocks_per_program sub-blocks of block_i.
 
-    Defaults: block_i so that a sub-block of votes is about TILE_ELEMENTS; blocks_per_program so that the grid
-    has about PROGRAMS_PER_SM programs per SM (the reduction over children then has n_chunks partials).
+    0 picks the default: block_i so that a sub-block of votes is about TILE_ELEMENTS; blocks_per_program so that
+    the grid has about PROGRAMS_PER_SM programs per SM (the reduction over children then has n_chunks partials).
     """
     B, I, J, D = votes.shape
-    if block_i is None:
+    if block_i == 0:
         block_i = min(block_size(I, minimum=1), max(1, TILE_ELEMENTS // parent_tile(J, D)))
     if block_i < 1 or block_i & (block_i - 1):
-        raise ValueError(f"block_i must be a power of two >= 1, got {block_i}")
+        raise ValueError(f"block_i must be a power of two >= 1 (or 0 for the default), got {block_i}")
     n_blocks = triton.cdiv(I, block_i)
-    if blocks_per_program is None:
+    if blocks_per_program == 0:
         blocks_per_program = triton.cdiv(n_blocks * B, _target_programs(votes.device))
     if blocks_per_program < 1:
-        raise ValueError(f"blocks_per_program must be >= 1, got {blocks_per_program}")
+        raise ValueError(f"blocks_per_program must be >= 1 (or 0 for the default), got {blocks_per_program}")
     blocks_per_program = min(blocks_per_program, n_blocks)
     return LaunchConfig(block_i, blocks_per_program, triton.cdiv(n_blocks, blocks_per_program))
 
@@ -352,7 +352,8 @@ def dynamic_routing_forward(
 
     Returns v [B, J, D], |v| [B, J], couplings c [B, I, J] of the last iteration (votes' dtype), and the
     per-iteration s_r, v_r, cum_r [T, B, J, D] (accumulation dtype) that the backward needs.
-    block_i (a power of two) and blocks_per_program split the children as `launch_config` describes.
+    block_i (a power of two) and blocks_per_program split the children as `launch_config` describes (0: its
+    default choice).
     """
     _check(votes, activations)
     if iterations < 1:
@@ -360,8 +361,7 @@ def dynamic_routing_forward(
     B, I, J, D = votes.shape
     T = iterations
     acc = accumulation_dtype(votes.dtype)
-    n_blocks = triton.cdiv(I, block_i)
-    n_chunks = triton.cdiv(n_blocks, blocks_per_program)
+    block_i, blocks_per_program, n_chunks = launch_config(votes, block_i, blocks_per_program)
     sums, poses, cums = (torch.empty(T, B, J, D, device=votes.device, dtype=acc) for _ in range(3))
     partial = torch.empty(B, n_chunks, J, D, device=votes.device, dtype=acc)
     counter = torch.zeros(B, device=votes.device, dtype=torch.int32)
@@ -406,8 +406,7 @@ def dynamic_routing_backward(
     _check(votes, activations)
     T, B, J, D = sums.shape
     I = votes.shape[1]
-    n_blocks = triton.cdiv(I, block_i)
-    n_chunks = triton.cdiv(n_blocks, blocks_per_program)
+    block_i, blocks_per_program, n_chunks = launch_config(votes, block_i, blocks_per_program)
     acc = sums.dtype
     gs = torch.empty(T, B, J, D, device=votes.device, dtype=acc)
     partial = torch.empty(B, n_chunks, J, D, device=votes.device, dtype=acc)
@@ -467,16 +466,16 @@ def dynamic_routing(
     detach_inner: bool,
     eps: float,
     *,
-    block_i: int | None = None,
-    blocks_per_program: int | None = None,
+    block_i: int = 0,
+    blocks_per_program: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Differentiable dynamic routing: votes [B, I, J, D] (CUDA, or CPU under TRITON_INTERPRET=1), activations
     [B, I] or None -> (poses v [B, J, D], lengths |v| [B, J], couplings c [B, I, J]), in the votes' dtype.
 
     detach_inner: differentiate the last iteration only (the earlier ones' logits are constants). block_i and
-    blocks_per_program override `launch_config`'s choice (tests use them to force several programs per sample).
+    blocks_per_program, when not 0, override `launch_config`'s choice (tests use them to force several programs
+    per sample). The launch configuration is chosen inside the registered ops, which torch.compile does not
+    trace into.
     """
     _check(votes, activations)
-    config = launch_config(votes, block_i, blocks_per_program)
-    return DynamicRoutingFunction.apply(
-        votes, activations, iterations, detach_inner, eps, config.block_i, config.blocks_per_program)
+    return DynamicRoutingFunction.apply(votes, activations, iterations, detach_inner, eps, block_i, blocks_per_program)
