@@ -4,11 +4,13 @@ Per sample, with logits b [I, J] starting at 0 and iterations r = 1..T:
     c = softmax_j(b);  s_j = sum_i c_ij a_i u_ij;  v_j = squash(s_j);  b_ij += <u_ij, v_j>  (not after the last)
 The children's activations a_i (ones when not given) weight each vote in the sum.
 
-Speed: the votes are used as [B, J, I, D] (a free view when the caller produced them in that layout, else one
-copy), so every sum over children and every agreement is a batched matrix-vector product. The backward is
-written out (`_DynamicRoutingFunction`): it recomputes per-iteration matrix-vector products from the saved
-couplings [T, B, J, I] and pre-squash sums [T, B, J, D] (both 1/D the size of the votes), and writes the votes'
-gradient once, as a single batched rank-(2T-1) product.
+Speed: the votes are used as [B, J, I, D] (a free view when the caller produced them in that layout, else a
+copy of a few samples at a time), so every sum over children and every agreement is a batched matrix-vector
+product. Samples are routed in cache-sized chunks (routing.chunking), so the repeated reads of one chunk's votes
+come from the cache and no temporary is votes-sized. The backward is written out (`_DynamicRoutingFunction`): it
+recomputes per-iteration matrix-vector products from the saved couplings [T, B, J, I] and pre-squash sums
+[T, B, J, D] (both 1/D the size of the votes), and writes the votes' gradient once, in the votes' own layout, as
+a batched rank-(2T-1) product.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 from torch import Tensor
 
 from routing.registry import register
+from routing.chunking import row_chunks, votes_row_bytes
+from routing.memory import empty_like_on_huge_pages
 from routing.result import RoutingResult
 from routing.router import Router
 from routing.squash import SQUASH_EPS, squash, squash_backward
@@ -43,20 +47,17 @@ def weighted_sum(w: Tensor, u: Tensor) -> Tensor:
     return (w.unsqueeze(2) @ u).squeeze(2)
 
 
-def _route_forward(u: Tensor, a: Tensor | None, iterations: int, eps: float) -> tuple[Tensor, Tensor]:
-    """u [B, J, I, D], a [B, 1, I] or None -> couplings [T, B, J, I], pre-squash sums s [T, B, J, D]."""
+def _route_forward(u: Tensor, a: Tensor | None, iterations: int, eps: float, couplings: Tensor, sums: Tensor) -> None:
+    """u [B, J, I, D], a [B, 1, I] or None; writes couplings [T, B, J, I] and pre-squash sums s [T, B, J, D]."""
     B, J, I, _ = u.shape
     logits = u.new_zeros(B, J, I)
-    couplings, sums = [], []
     for r in range(iterations):
         c = logits.softmax(dim=1)  # over parents
-        w = c if a is None else c * a
-        s = weighted_sum(w, u)  # [B, J, D]
-        couplings.append(c)
-        sums.append(s)
+        s = weighted_sum(c if a is None else c * a, u)  # [B, J, D]
+        couplings[r] = c
+        sums[r] = s
         if r < iterations - 1:
-            logits = logits + agreement(u, squash(s, eps=eps))
-    return torch.stack(couplings), torch.stack(sums)
+            logits += agreement(u, squash(s, eps=eps))
 
 
 def _route_backward(
@@ -68,30 +69,37 @@ def _route_backward(
     grad_c: Tensor | None,
     detach_inner: bool,
     eps: float,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Gradients of the routing loop into u [B, J, I, D] and a [B, 1, I] (None when a is None).
+    """Gradients of the routing loop into u [B, J, I, D] (written to `out` when given) and a [B, 1, I] (None
+    when a is None).
 
     grad_v [B, J, D] is the gradient of the last iteration's squashed poses, grad_c [B, J, I] (or None) that of
     its couplings. The votes' gradient is sum_r w_r (x) grad_s_r + sum_{r<T-1} grad_b_{r+1} (x) v_r, assembled
-    as one batched matrix product of [B, J, I, K] by [B, J, K, D].
+    as one batched matrix product of [B, J, I, K] by [B, J, K, D] (K = 2T - 1, or 1 with detach_inner).
     """
     T = couplings.shape[0]
-    left, right = [], []  # factors of the votes' gradient
+    B, J, I, D = u.shape
+    first = T - 1 if detach_inner else 0
+    K = 2 * (T - first) - 1
+    left, right = u.new_empty(B, J, K, I), u.new_empty(B, J, K, D)  # factors of the votes' gradient
     grad_a = None if a is None else torch.zeros_like(a)
     grad_logits_next = None  # total gradient of the logits entering iteration r + 1
-    first = T - 1 if detach_inner else 0
+    k = 0
     for r in range(T - 1, first - 1, -1):
         c, s = couplings[r], sums[r]
         if r == T - 1:
             gv = grad_v
         else:
             gv = weighted_sum(grad_logits_next, u)
-            left.append(grad_logits_next)
-            right.append(squash(s, eps=eps))
+            left[:, :, k] = grad_logits_next
+            right[:, :, k] = squash(s, eps=eps)
+            k += 1
         gs = squash_backward(s, gv, eps)
         gw = agreement(u, gs)  # <grad_s_j, u_ij>  [B, J, I]
-        left.append(c if a is None else c * a)
-        right.append(gs)
+        left[:, :, k] = c if a is None else c * a
+        right[:, :, k] = gs
+        k += 1
         if a is not None:
             grad_a += (gw * c).sum(1, keepdim=True)
         if r == first:
@@ -101,40 +109,63 @@ def _route_backward(
             gc = gc + grad_c
         gb = c * (gc - (gc * c).sum(1, keepdim=True))  # softmax backward over parents
         grad_logits_next = gb if grad_logits_next is None else gb + grad_logits_next
-    grad_u = torch.stack(left, dim=-1) @ torch.stack(right, dim=-2)
-    return grad_u, grad_a
+    # [B*J, I, K] @ [B*J, K, D]: the transposed left factor is read in place by the BLAS
+    product = torch.bmm(left.view(B * J, K, I).transpose(1, 2), right.view(B * J, K, D),
+                        out=None if out is None else out.view(B * J, I, D))
+    return product.view(B, J, I, D), grad_a
 
 
 class _DynamicRoutingFunction(torch.autograd.Function):
-    """(votes [B, I, J, D], activations [B, I] or None) -> (v [B, J, D], |v| [B, J], c [B, I, J])."""
+    """(votes [B, I, J, D], activations [B, I] or None) -> (v [B, J, D], |v| [B, J], c [B, I, J]).
+
+    Samples are routed a cache-sized chunk at a time (routing.chunking), forward and backward; only the
+    couplings and pre-squash sums are saved, the votes are read again from the caller's tensor.
+    """
 
     @staticmethod
     def forward(ctx, votes: Tensor, activations: Tensor | None, iterations: int, detach_inner: bool, eps: float):
         dtype = compute_dtype(votes.dtype)
-        u = parent_major(votes, dtype)
-        a = None if activations is None else activations.to(dtype).unsqueeze(1)
-        couplings, sums = _route_forward(u, a, iterations, eps)
+        B, I, J, D = votes.shape
+        couplings = votes.new_empty((iterations, B, J, I), dtype=dtype)
+        sums = votes.new_empty((iterations, B, J, D), dtype=dtype)
+        for rows in row_chunks(B, votes_row_bytes(votes, dtype)):
+            u = parent_major(votes[rows], dtype)
+            a = None if activations is None else activations[rows].to(dtype).unsqueeze(1)
+            _route_forward(u, a, iterations, eps, couplings[:, rows], sums[:, rows])
         v = squash(sums[-1], eps=eps)
         length = torch.linalg.vector_norm(v, dim=-1)
-        ctx.save_for_backward(u, a, couplings, sums, v, length)
-        ctx.settings = (detach_inner, eps, votes.dtype, None if activations is None else activations.dtype)
+        ctx.save_for_backward(votes, activations, couplings, sums, v, length)
+        ctx.settings = (detach_inner, eps)
         out_dtype = votes.dtype
         return v.to(out_dtype), length.to(out_dtype), couplings[-1].transpose(1, 2).to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_v: Tensor | None, grad_length: Tensor | None, grad_c: Tensor | None):
-        u, a, couplings, sums, v, length = ctx.saved_tensors
-        detach_inner, eps, votes_dtype, act_dtype = ctx.settings
-        gv = torch.zeros_like(v) if grad_v is None else grad_v.to(v.dtype)
+        votes, activations, couplings, sums, v, length = ctx.saved_tensors
+        detach_inner, eps = ctx.settings
+        dtype = v.dtype
+        gv = torch.zeros_like(v) if grad_v is None else grad_v.to(dtype)
         if grad_length is not None:
             safe = torch.where(length > 0, length, torch.ones_like(length))
-            gv = gv + (grad_length.to(v.dtype) / safe).unsqueeze(-1) * v
-        gc = None if grad_c is None else grad_c.to(u.dtype).transpose(1, 2)
-        grad_u, grad_a = _route_backward(u, a, couplings, sums, gv, gc, detach_inner, eps)
-        grad_votes = grad_u.transpose(1, 2).to(votes_dtype) if ctx.needs_input_grad[0] else None
+            gv = gv + (grad_length.to(dtype) / safe).unsqueeze(-1) * v
+        gc = None if grad_c is None else grad_c.to(dtype).transpose(1, 2)
+        # empty_like keeps the votes' strides: a parent-major caller gets a parent-major gradient, written in place
+        grad_votes = empty_like_on_huge_pages(votes) if ctx.needs_input_grad[0] else None
         grad_act = None
-        if a is not None and ctx.needs_input_grad[1]:
-            grad_act = grad_a.squeeze(1).to(act_dtype)
+        if activations is not None and ctx.needs_input_grad[1]:
+            grad_act = torch.empty_like(activations)
+        for rows in row_chunks(votes.shape[0], votes_row_bytes(votes, dtype)):
+            u = parent_major(votes[rows], dtype)
+            a = None if activations is None else activations[rows].to(dtype).unsqueeze(1)
+            target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [b, J, I, D]
+            direct = target is not None and target.is_contiguous() and target.dtype == dtype
+            grad_u, grad_a = _route_backward(u, a, couplings[:, rows], sums[:, rows], gv[rows],
+                                             None if gc is None else gc[rows], detach_inner, eps,
+                                             out=target if direct else None)
+            if target is not None and not direct:
+                target.copy_(grad_u)
+            if grad_act is not None:
+                grad_act[rows] = grad_a.squeeze(1)
         return grad_votes, grad_act, None, None, None
 
 
