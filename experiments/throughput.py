@@ -19,6 +19,7 @@ fraction of the device's copy bandwidth (GPU only), and where it came from (devi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -110,6 +111,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def compile_settings(provider: str) -> contextlib.AbstractContextManager:
+    """torch.compile without donated buffers: they forbid retain_graph=True, which the backward mode needs to
+    re-run the backward of one graph (they save memory in the backward, not time)."""
+    if provider != "torch-compile":
+        return contextlib.nullcontext()
+    from torch._functorch import config as functorch_config
+
+    return functorch_config.patch(donated_buffer=False)
+
+
 class Runner:
     """The provider's callable for a workload, with the upstream gradients and first-call times (which include
     compilation under torch.compile) measured once, before any mode is timed."""
@@ -192,8 +203,9 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> pd.DataFrame:
                                 label = dict(case=case_name, routing=name, provider=provider, dtype=dtype,
                                              iterations=iterations, x_name="batch", x_value=batch)
                                 log(f"{case_name} {name} T={iterations} {dtype} B={batch} {provider}")
-                                for result in _measure_provider(case.build, sweep, device, label):
-                                    rows.append({**label, **result, **provenance})
+                                with compile_settings(provider):
+                                    results = _measure_provider(case.build, sweep, device, label)
+                                rows += [{**label, **result, **provenance} for result in results]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
