@@ -10,7 +10,7 @@ flushed between runs; a warmed-up median under --smoke). Timings are upserted in
 experiments/results/gpu_check.csv with the device name, commit and versions, and printed as a markdown table
 with the issue's speed targets (reported, never asserted). Sections live in `sections()`: another op adds one
 line there, pointing at its module's `run(report)` (that module may import this one: sections are imported when
-the script runs, not when this module loads).
+the script runs, not when this module loads). On --smoke nothing is written to the CSV.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -68,6 +69,14 @@ class Report:
         rel = (err / e.abs().clamp_min(1e-30)).where(e.abs() > atol, torch.zeros_like(err))
         return self.check(what, ok, f"max abs err {err.max().item():.2e}, max rel err {rel.max().item():.2e} "
                                     f"(atol {atol:g}, rtol {rtol:g})")
+
+    def attempt(self, what: str, fn: Callable[[Report], None]) -> None:
+        """Run one part of a section; an exception is recorded as a failed check and the next part still runs."""
+        try:
+            fn(self)
+        except Exception as exc:  # a GPU-only failure must not cost the rest of the report
+            self.check(what, False, f"raised {type(exc).__name__}: {exc}"[:2000])
+            traceback.print_exc()
 
     def time(self, case: str, provider: str, mode: str, fn: Callable[[], object], *,
              bytes_moved: int | None = None, grad_to_none: list[Tensor] | None = None) -> float:
@@ -210,9 +219,14 @@ def bench_dynamic(report: Report) -> None:
     ms: dict[tuple[str, str], float] = {}
     with routing.finite_checks(False):
         for name, router in providers.items():
-            ms[name, "forward"] = report.time(case, name, "forward", lambda: router(votes), bytes_moved=bytes_read)
-            ms[name, "forward+backward"] = report.time(
-                case, name, "forward+backward", lambda: fwd_bwd(router, leaf), grad_to_none=[leaf])
+            def run(report: Report, name=name, router=router) -> None:
+                ms[name, "forward"] = report.time(case, name, "forward", lambda: router(votes), bytes_moved=bytes_read)
+                ms[name, "forward+backward"] = report.time(
+                    case, name, "forward+backward", lambda: fwd_bwd(router, leaf), grad_to_none=[leaf])
+
+            report.attempt(f"{case}: timing {name}", run)
+    if ("triton", "forward+backward") not in ms or ("torch", "forward+backward") not in ms:
+        return
     peak = peak_bandwidth_gbs(report.device)
     if peak is not None:
         report.target(f"{case} forward: fraction of HBM peak ({peak:.0f} GB/s)",
@@ -231,16 +245,18 @@ def fwd_bwd(router, votes: Tensor) -> None:
 
 
 def run_dynamic(report: Report) -> None:
-    check_dynamic_correctness(report)
-    check_dynamic_compile(report)
-    bench_dynamic(report)
+    report.attempt("dynamic correctness", check_dynamic_correctness)
+    report.attempt("dynamic torch.compile", check_dynamic_compile)
+    report.attempt("dynamic throughput", bench_dynamic)
 
 
 # ---------------------------------------------------------------------------------------------- main
 
 
 def sections() -> dict[str, Callable[[Report], None]]:
-    """Section name -> run(report). An op's GPU check plugs in here with one line."""
+    """Section name -> run(report). Another op's check plugs in with one entry, for example
+    `"em": importlib.import_module("experiments.gpu_check_em").run`: imported here, when the script runs, so
+    that module may import this one (for Report) without an import cycle."""
     return {"dynamic": run_dynamic}
 
 
