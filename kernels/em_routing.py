@@ -34,7 +34,7 @@ def em_routing_forward_op(
     min_var: float,
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(poses, activations, assignments, mus, vars, logits, masses, norms): see ``em_forward``."""
+    """(poses, activations, assignments, mus, vhats, logits, masses, norms): see ``em_forward``."""
     return em_forward(votes, activations, beta_u, beta_a, child_index, groups, iterations, final_lambda,
                       min_var, eps)
 
@@ -48,7 +48,7 @@ def em_routing_backward_op(
     activations: Tensor,
     beta_u: Tensor,
     mus: Tensor,
-    variances: Tensor,
+    vhats: Tensor,
     logits: Tensor,
     masses: Tensor,
     norms: Tensor,
@@ -59,7 +59,7 @@ def em_routing_backward_op(
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(g_votes, g_activations, per-row g_beta_u, g_beta_a [N, J]): see ``em_backward``."""
-    return em_backward(grad_pose, grad_act, grad_assign, votes, activations, beta_u, mus, variances, logits,
+    return em_backward(grad_pose, grad_act, grad_assign, votes, activations, beta_u, mus, vhats, logits,
                        masses, norms, child_index, groups, final_lambda, min_var, eps)
 
 
@@ -70,19 +70,19 @@ class EMRoutingFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, votes, activations, beta_u, beta_a, child_index, groups, iterations, final_lambda, min_var,
                 eps):
-        pose, act, assign, mus, variances, logits, masses, norms = em_routing_forward_op(
+        pose, act, assign, mus, vhats, logits, masses, norms = em_routing_forward_op(
             votes, activations, beta_u, beta_a, child_index, groups, iterations, final_lambda, min_var, eps)
-        ctx.save_for_backward(votes, activations, beta_u, mus, variances, logits, masses, norms, child_index)
+        ctx.save_for_backward(votes, activations, beta_u, mus, vhats, logits, masses, norms, child_index)
         ctx.settings = (groups, final_lambda, min_var, eps)
         return pose, act, assign
 
     @staticmethod
     def backward(ctx, grad_pose, grad_act, grad_assign):
-        votes, activations, beta_u, mus, variances, logits, masses, norms, child_index = ctx.saved_tensors
+        votes, activations, beta_u, mus, vhats, logits, masses, norms, child_index = ctx.saved_tensors
         groups, final_lambda, min_var, eps = ctx.settings
         g_votes, g_act, g_bu, g_ba = em_routing_backward_op(
             grad_pose.contiguous(), grad_act.contiguous(), grad_assign.contiguous(), votes, activations, beta_u,
-            mus, variances, logits, masses, norms, child_index, groups, final_lambda, min_var, eps)
+            mus, vhats, logits, masses, norms, child_index, groups, final_lambda, min_var, eps)
         return (
             g_votes if ctx.needs_input_grad[0] else None,
             g_act.to(activations.dtype) if ctx.needs_input_grad[1] else None,

@@ -33,7 +33,15 @@ from torch import Tensor
 from torch.library import wrap_triton
 
 from kernels import em_routing_forward as fwd
-from kernels.em_routing_forward import _assignments, _gaussian_terms, _parent_row, _parent_tile, _votes_tile
+from kernels.em_routing_forward import (
+    _assignments,
+    _gaussian_terms,
+    _parent_row,
+    _parent_tile,
+    _sigmoid,
+    _variance_tile,
+    _votes_tile,
+)
 
 
 def shared_child_sum(q: Tensor, child_index: Tensor, groups: int) -> Tensor:
@@ -47,21 +55,20 @@ def shared_child_sum(q: Tensor, child_index: Tensor, groups: int) -> Tensor:
 
 
 @triton.jit
-def _m_step_terms(mus_ptr, vars_ptr, masses_ptr, gmus_ptr, gvars_ptr, gmass_ptr, consts_ptr, slot, J, D,
+def _m_step_terms(mus_ptr, vhats_ptr, masses_ptr, gmus_ptr, gvars_ptr, gmass_ptr, consts_ptr, slot, J, D,
                   BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
     """Per-parent factors of iteration `slot`'s M-step backward: mu, g_mu_tot / m, g_var_tot / m, c vhat
     [BJ, BD], the constant K (1 - c) / m + g_mass and 1 / m [BJ], and g_mu_tot, g_var_tot [BJ, BD]."""
-    min_var = tl.load(consts_ptr)
     eps = tl.load(consts_ptr + 1)
     mu = _parent_tile(mus_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
-    var = _parent_tile(vars_ptr, slot, J, D, BLOCK_J, BLOCK_D, 1.0)
+    vhat = _parent_tile(vhats_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
     mass = _parent_row(masses_ptr, slot, J, BLOCK_J, 0.0)
     gmu = _parent_tile(gmus_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
     gvar = _parent_tile(gvars_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
     gmass = _parent_row(gmass_ptr, slot, J, BLOCK_J, 0.0)
     inv_m = 1.0 / tl.maximum(mass, eps)
     kept = (mass >= eps).to(mu.dtype)  # clamp_min passes the gradient where mass >= eps
-    cvhat = kept[:, None] * (var - min_var)
+    cvhat = kept[:, None] * vhat
     offset = tl.sum(gmu * mu, axis=1) * (1.0 - kept) * inv_m + gmass
     return mu, gmu * inv_m[:, None], gvar * inv_m[:, None], cvhat, offset, inv_m, gmu, gvar
 
@@ -84,7 +91,7 @@ def _accumulate_rows(ptr, offs, value, mask, ACCUMULATE: tl.constexpr):
 
 @triton.jit
 def _em_backward_parents_kernel(
-    g0_ptr, g1_ptr, g2_ptr, mus_ptr, vars_ptr, logits_ptr, masses_ptr, beta_u_ptr, consts_ptr,
+    g0_ptr, g1_ptr, g2_ptr, mus_ptr, vhats_ptr, logits_ptr, masses_ptr, beta_u_ptr, consts_ptr,
     grad_pose_ptr, grad_act_ptr, gmus_ptr, gvars_ptr, gmass_ptr, gbu_ptr, gba_ptr, t, N, J, D, NB,
     HAS_E: tl.constexpr, LAST: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -102,7 +109,7 @@ def _em_backward_parents_kernel(
     mask_jd = mask_j[:, None] & (offs_d < D)[None, :]
     slot = t * N + n
     mu = _parent_tile(mus_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
-    var = _parent_tile(vars_ptr, slot, J, D, BLOCK_J, BLOCK_D, 1.0)
+    var = _variance_tile(vhats_ptr, consts_ptr, slot, J, D, BLOCK_J, BLOCK_D)
     logit = _parent_row(logits_ptr, slot, J, BLOCK_J, 0.0)
     mass = _parent_row(masses_ptr, slot, J, BLOCK_J, 0.0)
     g_mu = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
@@ -121,17 +128,17 @@ def _em_backward_parents_kernel(
         inv_var = 1.0 / var
         g_mu += G1 * inv_var
         g_var += 0.5 * inv_var * (G2 * inv_var - G0[:, None])
-        g_logit += G0 / (1.0 + tl.exp(logit))  # d log sigmoid(x) / dx = sigmoid(-x)
+        g_logit += G0 * _sigmoid(-logit)  # d log sigmoid(x) / dx = sigmoid(-x)
     if LAST:
         g_mu += _parent_tile(grad_pose_ptr, n, J, D, BLOCK_J, BLOCK_D, 0.0).to(acc)
-        a = 1.0 / (1.0 + tl.exp(-logit))
+        a = _sigmoid(logit)
         g_logit += _parent_row(grad_act_ptr, n, J, BLOCK_J, 0.0).to(acc) * a * (1.0 - a)
     eps = tl.load(consts_ptr + 1)
     lam = tl.load(consts_ptr + 2 + t)
     beta_u = tl.load(beta_u_ptr + offs_j, mask=mask_j, other=0.0)
     g_cost = -lam * g_logit
     g_var_tot = g_var + (0.5 * g_cost * mass)[:, None] / var
-    log_var = tl.where(mask_jd, tl.log(var), 0.0)
+    log_var = tl.log(var)
     g_mass = g_cost * (D * beta_u + 0.5 * tl.sum(log_var, axis=1))
     g_mu_tot = g_mu - 2.0 * g_var_tot * mu * (1.0 - mass / tl.maximum(mass, eps))[:, None]
     offs = slot.to(tl.int64) * J * D + offs_j[:, None] * D + offs_d[None, :]
@@ -145,7 +152,7 @@ def _em_backward_parents_kernel(
 
 @triton.jit
 def _em_backward_stage_kernel(
-    votes_ptr, act_ptr, mus_ptr, vars_ptr, logits_ptr, masses_ptr, norms_ptr, gmus_ptr, gvars_ptr, gmass_ptr,
+    votes_ptr, act_ptr, mus_ptr, vhats_ptr, logits_ptr, masses_ptr, norms_ptr, gmus_ptr, gvars_ptr, gmass_ptr,
     consts_ptr, grad_assign_ptr, q_ptr, coeff_ptr, gl_ptr, gact_ptr, g0_ptr, g1_ptr, g2_ptr,
     t, N, I, J, D, NB, tiles,
     SHARED: tl.constexpr, Q_ONLY: tl.constexpr, LAST: tl.constexpr,
@@ -164,9 +171,9 @@ def _em_backward_stage_kernel(
     b = tl.program_id(1)
     acc = mus_ptr.dtype.element_ty
     prev = (t - 1) * N + n
-    mu_p, inv_var_p, bias_p = _gaussian_terms(mus_ptr, vars_ptr, logits_ptr, prev, J, D, BLOCK_J, BLOCK_D)
+    mu_p, inv_var_p, bias_p = _gaussian_terms(mus_ptr, vhats_ptr, logits_ptr, consts_ptr, prev, J, D, BLOCK_J, BLOCK_D)
     mu, gmu_m, gvar_m, cvhat, offset, inv_m, gmu, gvar = _m_step_terms(
-        mus_ptr, vars_ptr, masses_ptr, gmus_ptr, gvars_ptr, gmass_ptr, consts_ptr, t * N + n, J, D, BLOCK_J, BLOCK_D)
+        mus_ptr, vhats_ptr, masses_ptr, gmus_ptr, gvars_ptr, gmass_ptr, consts_ptr, t * N + n, J, D, BLOCK_J, BLOCK_D)
     offs_j = tl.arange(0, BLOCK_J)
     offs_d = tl.arange(0, BLOCK_D)
     mask_jd = (offs_j < J)[:, None] & (offs_d < D)[None, :]
@@ -213,7 +220,7 @@ def _em_backward_stage_kernel(
 
 @triton.jit
 def _em_backward_votes_kernel(
-    votes_ptr, act_ptr, mus_ptr, vars_ptr, masses_ptr, gmus_ptr, gvars_ptr, gmass_ptr, consts_ptr,
+    votes_ptr, act_ptr, mus_ptr, vhats_ptr, masses_ptr, gmus_ptr, gvars_ptr, gmass_ptr, consts_ptr,
     coeff_ptr, gl_ptr, gvotes_ptr, gact_ptr, T, N, I, J, D,
     ACCUMULATE: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -233,7 +240,7 @@ def _em_backward_votes_kernel(
     a = tl.load(act_ptr + row_i, mask=mask_i, other=0.0).to(acc)
     # iteration 0: R^0 = 1/J, the only iteration whose assignments carry no gradient further back
     mu, gmu_m, gvar_m, cvhat, offset, inv_m, gmu, gvar = _m_step_terms(
-        mus_ptr, vars_ptr, masses_ptr, gmus_ptr, gvars_ptr, gmass_ptr, consts_ptr, n, J, D, BLOCK_J, BLOCK_D)
+        mus_ptr, vhats_ptr, masses_ptr, gmus_ptr, gvars_ptr, gmass_ptr, consts_ptr, n, J, D, BLOCK_J, BLOCK_D)
     R = tl.where(mask_ij, 1.0, 0.0).to(acc) / tl.sum(mask_j.to(acc), axis=0)
     g_rp = _grad_weighted_votes(v, mu, gmu_m, gvar_m, cvhat, offset, mask_ij)
     _accumulate_rows(gact_ptr, row_i, tl.sum(g_rp * R, axis=1), mask_i, ACCUMULATE)
@@ -250,7 +257,7 @@ def _em_backward_votes_kernel(
             coeff = tl.load(coeff_ptr + ((t - 1) * N + n).to(tl.int64) * I * J + offs_ij, mask=mask_ij, other=0.0)
             g_v += coeff[:, :, None] * (gmu[None, :, :] + 2.0 * gvar[None, :, :] * diff)
         if t < T - 1:
-            inv_var = 1.0 / _parent_tile(vars_ptr, slot, J, D, BLOCK_J, BLOCK_D, 1.0)
+            inv_var = 1.0 / _variance_tile(vhats_ptr, consts_ptr, slot, J, D, BLOCK_J, BLOCK_D)
             gL = tl.load(gl_ptr + slot.to(tl.int64) * I * J + offs_ij, mask=mask_ij, other=0.0)
             g_v -= gL[:, :, None] * diff * inv_var[None, :, :]
     offs = n.to(tl.int64) * I * J * D + offs_i.to(tl.int64)[:, None, None] * (J * D) + offs_j[None, :, None] * D \
@@ -266,7 +273,7 @@ def em_backward(
     activations: Tensor,
     beta_u: Tensor,
     mus: Tensor,
-    variances: Tensor,
+    vhats: Tensor,
     logits: Tensor,
     masses: Tensor,
     norms: Tensor,
@@ -298,10 +305,10 @@ def em_backward(
     tile_kw = dict(BLOCK_I=block_i, BLOCK_J=block_j, BLOCK_D=block_d, num_warps=fwd.NUM_WARPS)
     parent_kw = dict(BLOCK_J=block_j, BLOCK_D=block_d, num_warps=fwd.NUM_WARPS)
     wrap_triton(_em_backward_parents_kernel)[(N,)](
-        g0, g1, g2, mus, variances, logits, masses, beta_u, consts, grad_pose, grad_act, gmus, gvars, gmass,
+        g0, g1, g2, mus, vhats, logits, masses, beta_u, consts, grad_pose, grad_act, gmus, gvars, gmass,
         gbu, gba, T - 1, N, J, D, NB, HAS_E=False, LAST=True, **parent_kw)
     for t in range(T - 1, 0, -1):
-        stage_args = (votes, activations, mus, variances, logits, masses, norms, gmus, gvars, gmass, consts,
+        stage_args = (votes, activations, mus, vhats, logits, masses, norms, gmus, gvars, gmass, consts,
                       grad_assign, q, coeff, gl, gact, g0, g1, g2, t, N, I, J, D, NB, tiles)
         last = t == T - 1
         if shared:
@@ -311,10 +318,10 @@ def em_backward(
         wrap_triton(_em_backward_stage_kernel)[(N, NB)](
             *stage_args[:12], q, *stage_args[13:], SHARED=shared, Q_ONLY=False, LAST=last, **tile_kw)
         wrap_triton(_em_backward_parents_kernel)[(N,)](
-            g0, g1, g2, mus, variances, logits, masses, beta_u, consts, grad_pose, grad_act, gmus, gvars, gmass,
+            g0, g1, g2, mus, vhats, logits, masses, beta_u, consts, grad_pose, grad_act, gmus, gvars, gmass,
             gbu, gba, t - 1, N, J, D, NB, HAS_E=True, LAST=False, **parent_kw)
     gvotes = alloc((N, I, J, D), votes.dtype, dev)
     wrap_triton(_em_backward_votes_kernel)[(N, triton.cdiv(I, block_i))](
-        votes, activations, mus, variances, masses, gmus, gvars, gmass, consts, coeff, gl, gvotes, gact,
+        votes, activations, mus, vhats, masses, gmus, gvars, gmass, consts, coeff, gl, gvotes, gact,
         T, N, I, J, D, ACCUMULATE=T > 1, **tile_kw)
     return gvotes, gact, gbu, gba

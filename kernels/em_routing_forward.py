@@ -137,11 +137,29 @@ def _log_sigmoid(x):
 
 
 @triton.jit
-def _gaussian_terms(mus_ptr, vars_ptr, logits_ptr, slot, J, D, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+def _sigmoid(x):
+    """1 / (1 + exp(-x)) without overflowing exp for large |x|."""
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def _variance_tile(vhats_ptr, consts_ptr, slot, J, D, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+    """var = vhat + min_var [BJ, BD] at row `slot` of a [*, J, D] buffer of vhat (1 where padded)."""
+    offs_j = tl.arange(0, BLOCK_J)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_j < J)[:, None] & (offs_d < D)[None, :]
+    vhat = tl.load(vhats_ptr + slot.to(tl.int64) * J * D + offs_j[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
+    return tl.where(mask, vhat + tl.load(consts_ptr), 1.0)
+
+
+@triton.jit
+def _gaussian_terms(mus_ptr, vhats_ptr, logits_ptr, consts_ptr, slot, J, D, BLOCK_J: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
     """E-step constants of one row's parents: mu [BJ, BD], 1 / var [BJ, BD], and
     log a_j - 1/2 sum_h log var_jh [BJ] (the log N(V; mu, var) terms that do not depend on the vote)."""
     mu = _parent_tile(mus_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
-    var = _parent_tile(vars_ptr, slot, J, D, BLOCK_J, BLOCK_D, 1.0)
+    var = _variance_tile(vhats_ptr, consts_ptr, slot, J, D, BLOCK_J, BLOCK_D)
     logit = _parent_row(logits_ptr, slot, J, BLOCK_J, 0.0)
     bias = _log_sigmoid(logit) - 0.5 * tl.sum(tl.log(var), axis=1)
     return mu, 1.0 / var, bias
@@ -175,14 +193,14 @@ def _assignments(v, mask_ij, mask_j, mu, inv_var, bias, norm, FIRST: tl.constexp
 
 @triton.jit
 def _em_row_normaliser_kernel(
-    votes_ptr, mus_ptr, vars_ptr, logits_ptr, lse_ptr, prev, N, I, J, D,
+    votes_ptr, mus_ptr, vhats_ptr, logits_ptr, consts_ptr, lse_ptr, prev, N, I, J, D,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """lse [N, I] = logsumexp over parents of the log numerators of iteration `prev`'s E-step. Grid (N, I / BI)."""
     n = tl.program_id(0)
     acc = mus_ptr.dtype.element_ty
     slot = prev * N + n
-    mu, inv_var, bias = _gaussian_terms(mus_ptr, vars_ptr, logits_ptr, slot, J, D, BLOCK_J, BLOCK_D)
+    mu, inv_var, bias = _gaussian_terms(mus_ptr, vhats_ptr, logits_ptr, consts_ptr, slot, J, D, BLOCK_J, BLOCK_D)
     v, offs_i, mask_i, mask_j, mask_ij, mask = _votes_tile(
         votes_ptr, n, tl.program_id(1) * BLOCK_I, I, J, D, BLOCK_I, BLOCK_J, BLOCK_D)
     log_num = _log_numerators(v.to(acc), mu, inv_var, bias, mask_j)
@@ -193,14 +211,14 @@ def _em_row_normaliser_kernel(
 
 @triton.jit
 def _em_m_step_partials_kernel(
-    votes_ptr, act_ptr, mus_ptr, vars_ptr, logits_ptr, norms_ptr,
+    votes_ptr, act_ptr, mus_ptr, vhats_ptr, logits_ptr, consts_ptr, norms_ptr,
     s0_ptr, s1_ptr, s2_ptr, assign_ptr, t, N, I, J, D, NB, tiles,
     FIRST: tl.constexpr, SHARED: tl.constexpr, WRITE_R: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Shifted M-step moments of iteration t over `tiles` tiles of children. Grid (N, NB).
 
-    R^t comes from iteration t-1's statistics (mus/vars/logits [T, N, J(, D)]), normalised over the tile's
+    R^t comes from iteration t-1's statistics (mus/vhats/logits [T, N, J(, D)]), normalised over the tile's
     parents or, when SHARED, by norms[t-1] [N, I]. Partials: s0 [N, NB, J] = sum R', s1/s2 [N, NB, J, D] =
     sum R' (V - c), sum R' (V - c)^2 with the shift c of ``_shift_tile``.
     WRITE_R stores R^t into assign [N, I, J] (the result's dtype).
@@ -214,7 +232,8 @@ def _em_m_step_partials_kernel(
         inv_var = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
         bias = tl.zeros([BLOCK_J], dtype=acc)
     else:
-        mu, inv_var, bias = _gaussian_terms(mus_ptr, vars_ptr, logits_ptr, prev * N + n, J, D, BLOCK_J, BLOCK_D)
+        mu, inv_var, bias = _gaussian_terms(
+            mus_ptr, vhats_ptr, logits_ptr, consts_ptr, prev * N + n, J, D, BLOCK_J, BLOCK_D)
     offs_j = tl.arange(0, BLOCK_J)
     offs_d = tl.arange(0, BLOCK_D)
     mask_jd = (offs_j < J)[:, None] & (offs_d < D)[None, :]
@@ -249,15 +268,16 @@ def _em_m_step_partials_kernel(
 @triton.jit
 def _em_m_step_finalize_kernel(
     s0_ptr, s1_ptr, s2_ptr, votes_ptr, beta_u_ptr, beta_a_ptr, consts_ptr,
-    mus_ptr, vars_ptr, logits_ptr, masses_ptr, pose_ptr, act_ptr, t, N, I, J, D, NB,
+    mus_ptr, vhats_ptr, logits_ptr, masses_ptr, pose_ptr, act_ptr, t, N, I, J, D, NB,
     FIRST: tl.constexpr, LAST: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Iteration t's parents from the partials, one row per program. Grid (N,).
 
-    mass = sum_i R'; m = max(mass, eps); mu = c S0' + T1'; var = T2' - 2 d T1' + d^2 S0' + min_var
-    (S0' = mass / m, T' = T / m, d = mu - c); cost = (D beta_u + 1/2 sum_h log var) mass;
-    logit = lambda_t (beta_a - cost). Writes mus/vars/logits/masses[t]; LAST also the result's poses mu and
-    activations sigmoid(logit).
+    mass = sum_i R'; m = max(mass, eps); mu = c S0' + T1'; vhat = T2' - 2 d T1' + d^2 S0' (S0' = mass / m,
+    T' = T / m, d = mu - c); var = vhat + min_var; cost = (D beta_u + 1/2 sum_h log var) mass;
+    logit = lambda_t (beta_a - cost). Writes mus/vhats/logits/masses[t] (vhat rather than var, so that the
+    backward has vhat exactly where vhat << min_var); LAST also the result's poses mu and activations
+    sigmoid(logit).
     """
     n = tl.program_id(0)
     acc = mus_ptr.dtype.element_ty
@@ -284,7 +304,8 @@ def _em_m_step_finalize_kernel(
     t2 = T2 / m[:, None]
     mu = shift * s0n + t1
     d = t1 + shift * (s0n - 1.0)
-    var = tl.maximum(t2 - 2.0 * d * t1 + d * d * s0n, 0.0) + min_var
+    vhat = tl.maximum(t2 - 2.0 * d * t1 + d * d * s0n, 0.0)
+    var = vhat + min_var
     log_var = tl.where(mask_jd, tl.log(tl.where(mask_jd, var, 1.0)), 0.0)
     beta_u = tl.load(beta_u_ptr + offs_j, mask=mask_j, other=0.0)
     beta_a = tl.load(beta_a_ptr + offs_j, mask=mask_j, other=0.0)
@@ -293,13 +314,13 @@ def _em_m_step_finalize_kernel(
     slot = (t * N + n).to(tl.int64)
     offs = slot * J * D + offs_j[:, None] * D + offs_d[None, :]
     tl.store(mus_ptr + offs, mu, mask=mask_jd)
-    tl.store(vars_ptr + offs, var, mask=mask_jd)
+    tl.store(vhats_ptr + offs, vhat, mask=mask_jd)
     tl.store(logits_ptr + slot * J + offs_j, logit, mask=mask_j)
     tl.store(masses_ptr + slot * J + offs_j, S0, mask=mask_j)
     if LAST:
         out = n.to(tl.int64) * J * D + offs_j[:, None] * D + offs_d[None, :]
         tl.store(pose_ptr + out, mu.to(pose_ptr.dtype.element_ty), mask=mask_jd)
-        a = 1.0 / (1.0 + tl.exp(-logit))
+        a = _sigmoid(logit)
         tl.store(act_ptr + n.to(tl.int64) * J + offs_j, a.to(act_ptr.dtype.element_ty), mask=mask_j)
 
 
@@ -320,7 +341,7 @@ def em_forward(
     votes [N, I, J, D] (float16/bfloat16/float32/float64, contiguous), activations [N, I], beta_u/beta_a [J]
     (compute dtype), child_index [P, I] int64 with `groups` > max(child_index) or None.
     Returns (poses [N, J, D], activations [N, J], assignments [N, I, J]) in the votes' dtype, then the saved
-    statistics for the backward: mus, vars [T, N, J, D], logits, masses [T, N, J], norms [T-1, N, I] (the
+    statistics for the backward: mus, vhats [T, N, J, D] (vhat = var - min_var), logits, masses [T, N, J], norms [T-1, N, I] (the
     shared-child log normalisers; [0] without child_index).
     """
     N, I, J, D = votes.shape
@@ -331,7 +352,7 @@ def em_forward(
     tiles, NB = child_split(N, I, block_i)
     shared = child_index is not None
     consts = constants(T, final_lambda, min_var, eps, acc, dev)
-    mus, variances = allocate((T, N, J, D), acc, dev), allocate((T, N, J, D), acc, dev)
+    mus, vhats = allocate((T, N, J, D), acc, dev), allocate((T, N, J, D), acc, dev)
     logits, masses = allocate((T, N, J), acc, dev), allocate((T, N, J), acc, dev)
     norms = allocate((T - 1, N, I) if shared else (0,), acc, dev)
     pose, act = allocate((N, J, D), votes.dtype, dev), allocate((N, J), votes.dtype, dev)
@@ -343,13 +364,13 @@ def em_forward(
         if shared and not first:
             lse = allocate((N, I), acc, dev)
             wrap_triton(_em_row_normaliser_kernel)[(N, triton.cdiv(I, block_i))](
-                votes, mus, variances, logits, lse, t - 1, N, I, J, D, **blocks_kw, num_warps=NUM_WARPS)
+                votes, mus, vhats, logits, consts, lse, t - 1, N, I, J, D, **blocks_kw, num_warps=NUM_WARPS)
             norms[t - 1].copy_(shared_child_logsumexp(lse, child_index, groups))
         wrap_triton(_em_m_step_partials_kernel)[(N, NB)](
-            votes, activations, mus, variances, logits, norms, s0, s1, s2, assign,
+            votes, activations, mus, vhats, logits, consts, norms, s0, s1, s2, assign,
             t, N, I, J, D, NB, tiles, FIRST=first, SHARED=shared and not first, WRITE_R=last, **blocks_kw,
             num_warps=NUM_WARPS)
         wrap_triton(_em_m_step_finalize_kernel)[(N,)](
-            s0, s1, s2, votes, beta_u, beta_a, consts, mus, variances, logits, masses, pose, act,
+            s0, s1, s2, votes, beta_u, beta_a, consts, mus, vhats, logits, masses, pose, act,
             t, N, I, J, D, NB, FIRST=first, LAST=last, BLOCK_J=block_j, BLOCK_D=block_d, num_warps=NUM_WARPS)
-    return pose, act, assign, mus, variances, logits, masses, norms
+    return pose, act, assign, mus, vhats, logits, masses, norms

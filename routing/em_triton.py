@@ -1,0 +1,40 @@
+"""The Triton backend of EM routing: ``routing.create("em", backend="triton")`` (and "auto" on CUDA tensors).
+
+Same options, parameters and results as the PyTorch backend (routing/em.py), computed by the fused kernels of
+kernels/em_routing.py: one pass over the votes per iteration (two with ``child_index``), an exact backward.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from kernels.em_routing import em_routing, em_unsupported_reason
+from kernels.utils import kernel_unavailable_reason
+from routing.em import EMRouting, check_child_index
+from routing.registry import register
+from routing.result import RoutingResult
+
+
+@register("em", backend="triton")
+class EMRoutingTriton(EMRouting):
+    """EM routing on the Triton kernels. Inputs the kernels cannot take (CPU tensors outside the interpreter,
+    other dtypes, J * D beyond the kernels' tile) fall back to the PyTorch backend when made with
+    backend="auto" and raise a ValueError saying why when made with backend="triton"."""
+
+    def route(
+        self, votes: Tensor, activations: Tensor | None = None, child_index: Tensor | None = None
+    ) -> RoutingResult:
+        extra = () if activations is None else (activations,)
+        reason = kernel_unavailable_reason(votes, *extra, self.beta_u, self.beta_a, interpreter_ok=not self.fallback)
+        reason = reason or em_unsupported_reason(votes, activations)
+        if reason:
+            if self.fallback:
+                return super().route(votes, activations, child_index)
+            raise ValueError(f"em routing, backend 'triton': {reason}")
+        self.check_parents(votes)
+        if child_index is not None:
+            child_index = check_child_index(child_index, votes.shape[0], votes.shape[1])
+        poses, acts, assignments = em_routing(
+            votes, activations, self.beta_u, self.beta_a, iterations=self.iterations,
+            final_lambda=self.final_lambda, min_var=self.min_var, eps=self.eps, child_index=child_index)
+        return RoutingResult(poses, acts, assignments)
