@@ -17,10 +17,12 @@ from capsules.layers.votes import shared_matrix_votes, shared_vector_votes
 COORDINATE_SLOTS = {"matrix": (3, 7), "vector": (0, 1)}
 
 
-def scaled_coordinates(height: int, width: int, device: torch.device | None = None) -> Tensor:
+def scaled_coordinates(
+    height: int, width: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """[H*W, 2]: (row, column) of each position's centre scaled to (0, 1): ((y + 0.5) / H, (x + 0.5) / W)."""
-    rows = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
-    cols = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+    rows = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
+    cols = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
     return torch.stack(torch.broadcast_tensors(rows[:, None], cols[None, :]), dim=-1).reshape(-1, 2)
 
 
@@ -75,7 +77,8 @@ class ClassCaps(nn.Module):
         if not self.coordinate_addition:
             return votes
         offsets = votes.new_zeros(H * W, T, self.out_dim)
-        offsets[:, :, list(COORDINATE_SLOTS[self.pose])] = scaled_coordinates(H, W, poses.device)[:, None].to(votes)
+        coordinates = scaled_coordinates(H, W, votes.device, votes.dtype)  # [H*W, 2]
+        offsets[:, :, list(COORDINATE_SLOTS[self.pose])] = coordinates[:, None]
         return (votes.transpose(1, 2) + offsets.view(H * W * T, self.out_dim)).transpose(1, 2)
 
     def forward(self, poses: Tensor, activations: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,77 @@
+"""The papers' losses against hand-computed values, the spread margin schedule, and bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from capsules import SpreadMarginSchedule, margin_loss, reconstruction_loss, spread_loss
+
+
+def test_margin_loss_matches_hand_computed_values():
+    lengths = torch.tensor([[0.95, 0.3, 0.05], [0.5, 0.2, 0.8]], dtype=torch.float64)
+    labels = torch.tensor([0, 2])
+    # sample 0: present 0.95 >= 0.9 -> 0; absent 0.5 (0.3 - 0.1)^2 = 0.02 and 0.05 < 0.1 -> 0: total 0.02
+    # sample 1: present (0.9 - 0.8)^2 = 0.01; absent 0.5 (0.4^2 + 0.1^2) = 0.085: total 0.095
+    assert margin_loss(lengths, labels).item() == pytest.approx((0.02 + 0.095) / 2, abs=1e-15)
+    # other constants: m+ = 1, m- = 0, lambda = 1 on sample 0: (1 - 0.95)^2 + 0.3^2 + 0.05^2
+    assert margin_loss(lengths[:1], labels[:1], m_plus=1.0, m_minus=0.0, lambda_=1.0).item() == pytest.approx(
+        0.05**2 + 0.3**2 + 0.05**2, abs=1e-15)
+
+
+def test_spread_loss_matches_hand_computed_values():
+    activations = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.6, 0.55]], dtype=torch.float64)
+    labels = torch.tensor([0, 1])
+    # sample 0: (0.5 - 0.4)^2 + max(0, 0.5 - 0.8)^2 = 0.01;  sample 1: (0.5 - 0.4)^2 + (0.5 - 0.05)^2 = 0.2125
+    assert spread_loss(activations, labels, 0.5).item() == pytest.approx((0.01 + 0.2125) / 2, abs=1e-15)
+    assert spread_loss(activations, labels, 0.0).item() == pytest.approx(0.0, abs=1e-15)
+
+
+def test_spread_loss_gradient_pushes_the_target_up_and_close_rivals_down():
+    activations = torch.tensor([[0.6, 0.55, 0.0]], requires_grad=True)
+    spread_loss(activations, torch.tensor([0]), 0.2).backward()
+    grad = activations.grad[0]
+    assert grad[0] < 0 and grad[1] > 0 and grad[2] == 0  # the distant rival is outside the margin
+
+
+def test_reconstruction_loss_is_scaled_sum_of_squares_per_image_averaged_over_the_batch():
+    images = torch.stack([torch.ones(1, 2, 2), torch.full((1, 2, 2), 0.5)]).double()
+    reconstruction = torch.zeros(2, 4, dtype=torch.float64)
+    # 0.0005 x 4 x 1^2 = 0.002 and 0.0005 x 4 x 0.5^2 = 0.0005
+    assert reconstruction_loss(reconstruction, images).item() == pytest.approx((0.002 + 0.0005) / 2, abs=1e-15)
+    assert reconstruction_loss(reconstruction, images, scale=1.0).item() == pytest.approx(2.5, abs=1e-15)
+
+
+def test_spread_margin_schedule_grows_linearly_then_holds_and_resumes():
+    schedule = SpreadMarginSchedule(0.2, 0.9, steps=4)
+    margins = []
+    for _ in range(6):
+        margins.append(schedule.margin)
+        schedule.step()
+    assert margins == pytest.approx([0.2, 0.375, 0.55, 0.725, 0.9, 0.9])
+    half = SpreadMarginSchedule(0.2, 0.9, steps=4)
+    half.step()
+    half.step()
+    resumed = SpreadMarginSchedule()
+    resumed.load_state_dict(half.state_dict())
+    assert resumed.margin == pytest.approx(0.55) and resumed.steps == 4
+    resumed.step()
+    assert resumed.margin == pytest.approx(0.725)
+
+
+def test_losses_reject_bad_inputs_clearly():
+    lengths = torch.rand(2, 3)
+    with pytest.raises(ValueError, match=r"labels must lie in 0..2"):
+        margin_loss(lengths, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"integer tensor \[B\] = \[2\]"):
+        margin_loss(lengths, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"integer tensor \[B\] = \[2\]"):
+        spread_loss(lengths, torch.tensor([0, 1, 2]), 0.2)
+    with pytest.raises(ValueError, match=r"\[B, K\]"):
+        spread_loss(torch.rand(2, 3, 1), torch.tensor([0, 1]), 0.2)
+    with pytest.raises(ValueError, match=r"C\*H\*W = 4"):
+        reconstruction_loss(torch.zeros(2, 4), torch.zeros(2, 1, 3, 3))
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        SpreadMarginSchedule(steps=0)
+    with pytest.raises(ValueError, match="missing"):
+        SpreadMarginSchedule().load_state_dict({"start": 0.2})
