@@ -9,6 +9,11 @@ with lambda_t = final_lambda (1 - 0.95^(t+1)). beta_u and beta_a are learned per
 Convolutional layers pass ``child_index`` [P, I]: the votes' rows are then (sample, window) pairs, P windows per
 sample (window fastest), and child i of window p is the sample's child ``child_index[p, i]``. The E-step then
 normalises each child's R over every parent it feeds at every window, as the authors' code does.
+
+Speed: rows are routed a cache-sized chunk at a time (whole samples in the convolutional case), with the votes
+as parent-major [n, J, I, D] so every sum over children is a batched matrix-vector product; the only
+votes-sized temporary, V - mu, is chunk-sized. The backward is written out (routing/em_backward.py, with its
+derivation): it saves R, mu, var and the logits of every iteration and recomputes V - mu from the votes.
 """
 
 from __future__ import annotations
@@ -19,12 +24,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from routing.dynamic import agreement, check_iterations, compute_dtype, parent_major
+from routing.chunking import row_chunks, votes_row_bytes
+from routing.dynamic import agreement, check_iterations, compute_dtype, parent_major, weighted_sum
+from routing.em_backward import em_backward
+from routing.memory import empty_like_on_huge_pages
 from routing.registry import register
 from routing.result import RoutingResult
 from routing.router import Router
 
 LOG_2PI = math.log(2 * math.pi)
+
+# Votes bytes per chunk of rows. EM keeps about four chunk-sized buffers live (votes, [V - mu | (V - mu)^2],
+# the votes' gradient and one iteration's share of it); measured on a 2-core AMD EPYC at [512, 144, 16, 16]
+# (see experiments/bench_routing_cpu.py).
+EM_CHUNK_BYTES = 4 * 2**20
 
 
 def inverse_temperatures(iterations: int, final_lambda: float) -> list[float]:
@@ -63,6 +76,125 @@ def normalise_over_shared_children(log_num: Tensor, child_index: Tensor) -> Tens
     total = per_row.new_zeros(B, groups).scatter_add(1, flat, torch.exp(per_row - peak.gather(1, flat)))
     norm = (peak + torch.log(total)).gather(1, flat).reshape(N, 1, I)
     return log_num - norm
+
+
+def em_forward(
+    V: Tensor,
+    a: Tensor,
+    beta_u: Tensor,
+    beta_a: Tensor,
+    lambdas: list[float],
+    min_var: float,
+    eps: float,
+    child_index: Tensor | None,
+    R: Tensor,
+    mu: Tensor,
+    var: Tensor,
+    logit: Tensor,
+) -> None:
+    """EM routing of one chunk of n rows (whole samples when child_index [P, I] is given).
+
+    V [n, J, I, D] parent-major votes; a [n, 1, I] child activations; beta_u, beta_a [1, J] or [1, 1].
+    Writes, per iteration t: R [T, n, J, I] (the assignments R^t its M-step uses), mu and var [T, n, J, D]
+    (var including min_var) and logit [T, n, J] (a_j = sigmoid(logit)).
+    """
+    n, J, I, D = V.shape
+    X = torch.empty_like(V)  # V - mu, then squared in place
+    R_t = V.new_full((n, J, I), 1.0 / J)
+    for t, lam in enumerate(lambdas):
+        R[t] = R_t
+        # M-step
+        Rp = R_t * a  # [n, J, I]
+        mass = Rp.sum(-1, keepdim=True)  # [n, J, 1]
+        c = Rp / mass.clamp_min(eps)
+        mu_t = weighted_sum(c, V)  # [n, J, D]
+        torch.sub(V, mu_t.unsqueeze(2), out=X).square_()  # (V - mu)^2
+        var_t = weighted_sum(c, X) + min_var
+        log_var = torch.log(var_t)
+        cost = mass.squeeze(-1) * (D * beta_u + 0.5 * log_var.sum(-1))  # sum_h (beta_u + log sigma_h) sum_i R'
+        logit_t = lam * (beta_a - cost)
+        mu[t], var[t], logit[t] = mu_t, var_t, logit_t
+        if t == len(lambdas) - 1:
+            break
+        # E-step, in log space
+        quad = agreement(X, 1 / var_t)  # sum_h (V - mu)^2 / var  [n, J, I]
+        log_p = -0.5 * (quad + (log_var + LOG_2PI).sum(-1, keepdim=True))
+        log_num = F.logsigmoid(logit_t).unsqueeze(-1) + log_p
+        if child_index is None:
+            R_t = log_num.softmax(dim=1)
+        else:
+            R_t = normalise_over_shared_children(log_num, child_index).exp()
+
+
+class _EMRoutingFunction(torch.autograd.Function):
+    """(votes [N, I, J, D], activations [N, I] or None, beta_u, beta_a [J] or [1], child_index [P, I] or None)
+    -> (mu [N, J, D], a_j [N, J], R [N, I, J]), routed chunk by chunk; backward in routing/em_backward.py."""
+
+    @staticmethod
+    def forward(ctx, votes, activations, beta_u, beta_a, child_index, lambdas, min_var, eps):
+        dtype = compute_dtype(votes.dtype)
+        N, I, J, D = votes.shape
+        T = len(lambdas)
+        R = votes.new_empty((T, N, J, I), dtype=dtype)
+        mu = votes.new_empty((T, N, J, D), dtype=dtype)
+        var = votes.new_empty((T, N, J, D), dtype=dtype)
+        logit = votes.new_empty((T, N, J), dtype=dtype)
+        bu, ba = beta_u.to(dtype).view(1, -1), beta_a.to(dtype).view(1, -1)
+        group = 1 if child_index is None else child_index.shape[0]
+        for rows in row_chunks(N, votes_row_bytes(votes, dtype), group, EM_CHUNK_BYTES):
+            V = parent_major(votes[rows], dtype)
+            a = child_activations(activations, rows, V)
+            em_forward(V, a, bu, ba, lambdas, min_var, eps, child_index, R[:, rows], mu[:, rows], var[:, rows],
+                       logit[:, rows])
+        ctx.save_for_backward(votes, activations, beta_u, child_index, R, mu, var, logit)
+        ctx.settings = (lambdas, eps)
+        ctx.beta_a_size = beta_a.numel()
+        out = votes.dtype
+        return mu[-1].to(out), torch.sigmoid(logit[-1]).to(out), R[-1].transpose(1, 2).to(out)
+
+    @staticmethod
+    def backward(ctx, grad_mu, grad_act, grad_R):
+        votes, activations, beta_u, child_index, R, mu, var, logit = ctx.saved_tensors
+        lambdas, eps = ctx.settings
+        dtype = R.dtype
+        N, I, J, D = votes.shape
+        g_mu = torch.zeros_like(mu[-1]) if grad_mu is None else grad_mu.to(dtype)
+        act = torch.sigmoid(logit[-1])
+        g_logit = torch.zeros_like(act) if grad_act is None else grad_act.to(dtype) * act * (1 - act)
+        g_R = None if grad_R is None else grad_R.to(dtype).transpose(1, 2)
+        bu = beta_u.to(dtype).view(1, -1)
+        group = 1 if child_index is None else child_index.shape[0]
+        groups = 0 if child_index is None else int(child_index.max()) + 1
+        # empty_like keeps the votes' strides: a parent-major caller gets a parent-major gradient, written in place
+        grad_votes = empty_like_on_huge_pages(votes) if ctx.needs_input_grad[0] else None
+        grad_act = None
+        if activations is not None and ctx.needs_input_grad[1]:
+            grad_act = torch.empty_like(activations)
+        grad_bu, grad_ba = R.new_zeros(N, J), R.new_zeros(N, J)
+        for rows in row_chunks(N, votes_row_bytes(votes, dtype), group, EM_CHUNK_BYTES):
+            V = parent_major(votes[rows], dtype)
+            a = child_activations(activations, rows, V)
+            target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [n, J, I, D]
+            direct = target is not None and target.is_contiguous() and target.dtype == dtype
+            gV = target if direct else (None if target is None else torch.empty_like(V))
+            g_a, grad_bu[rows], grad_ba[rows] = em_backward(
+                V, a, R[:, rows], mu[:, rows], var[:, rows], logit[:, rows], bu, lambdas, g_mu[rows], g_logit[rows],
+                None if g_R is None else g_R[rows], child_index, groups, eps, gV)
+            if target is not None and not direct:
+                target.copy_(gV)
+            if grad_act is not None:
+                grad_act[rows] = g_a.squeeze(1)
+        grad_beta_u = grad_bu.sum(0) if beta_u.numel() == J else grad_bu.sum().reshape(1)
+        grad_beta_a = grad_ba.sum(0) if ctx.beta_a_size == J else grad_ba.sum().reshape(1)
+        return (grad_votes, grad_act, grad_beta_u.to(beta_u.dtype), grad_beta_a.to(beta_u.dtype), None, None, None,
+                None)
+
+
+def child_activations(activations: Tensor | None, rows: slice, V: Tensor) -> Tensor:
+    """Activations of the rows' children as [n, 1, I] in V's dtype (ones when None)."""
+    if activations is None:
+        return V.new_ones(V.shape[0], 1, V.shape[2])
+    return activations[rows].to(V.dtype).unsqueeze(1)
 
 
 @register("em")
@@ -111,37 +243,11 @@ class EMRouting(Router):
         self.check_parents(votes)
         N, I, J, D = votes.shape
         if child_index is not None:
-            child_index = check_child_index(child_index, N, I)
-        dtype = compute_dtype(votes.dtype)
-        V = parent_major(votes, dtype)  # [N, J, I, D]
-        a_in = (torch.ones(N, 1, I, dtype=dtype, device=votes.device) if activations is None
-                else activations.to(dtype).unsqueeze(1))  # [N, 1, I]
-        beta_u = self.beta_u.to(dtype).view(1, -1, 1)  # [1, J or 1, 1]
-        beta_a = self.beta_a.to(dtype).view(1, -1)
-        R = V.new_full((N, J, I), 1.0 / J)
+            child_index = check_child_index(child_index, N, I).to(votes.device)
         lambdas = inverse_temperatures(self.iterations, self.final_lambda)
-        for t, lam in enumerate(lambdas):
-            # M-step
-            Rp = R * a_in  # [N, J, I]
-            mass = Rp.sum(-1, keepdim=True)  # [N, J, 1]
-            coeff = (Rp / mass.clamp_min(self.eps)).unsqueeze(2)  # [N, J, 1, I]
-            mu = coeff @ V  # [N, J, 1, D]
-            diff2 = (V - mu).square()  # [N, J, I, D]
-            var = (coeff @ diff2).squeeze(2) + self.min_var  # [N, J, D]
-            cost = ((beta_u + 0.5 * torch.log(var)) * mass).sum(-1)  # [N, J]
-            logit = lam * (beta_a - cost)
-            if t == self.iterations - 1:
-                break
-            # E-step, in log space
-            quad = agreement(diff2, 1 / var)  # sum_h (V - mu)^2 / var  [N, J, I]
-            log_p = -0.5 * (quad + (torch.log(var) + LOG_2PI).sum(-1, keepdim=True))
-            log_num = F.logsigmoid(logit).unsqueeze(-1) + log_p
-            if child_index is None:
-                R = log_num.softmax(dim=1)
-            else:
-                R = normalise_over_shared_children(log_num, child_index).exp()
-        out = votes.dtype
-        return RoutingResult(mu.squeeze(2).to(out), torch.sigmoid(logit).to(out), R.transpose(1, 2).to(out))
+        mu, act, R = _EMRoutingFunction.apply(votes, activations, self.beta_u, self.beta_a, child_index, lambdas,
+                                              self.min_var, self.eps)
+        return RoutingResult(mu, act, R)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, iterations={self.iterations}, out_caps={self.out_caps}, "
