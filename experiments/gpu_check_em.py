@@ -191,7 +191,8 @@ def benchmark(report) -> None:
 
 def fwd_bwd(router, votes: Tensor, acts: Tensor, child_index: Tensor | None) -> None:
     out = router(votes, acts, child_index=child_index)
-    torch.autograd.backward([out.poses, out.activations], [torch.ones_like(out.poses), torch.ones_like(out.activations)])
+    torch.autograd.backward([out.poses, out.activations],
+                            [torch.ones_like(out.poses), torch.ones_like(out.activations)])
 
 
 def run(report) -> None:

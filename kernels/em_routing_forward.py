@@ -4,7 +4,7 @@ Votes are read in their given layout [N, I, J, D] (rows n, children i, parents j
 [BLOCK_I children, all J parents, all D] at a time. Per iteration t:
 
 1. ``_em_m_step_partials_kernel``, grid (N, NB): recomputes the assignments R^t of its children from the tiny
-   statistics of iteration t-1 (mu, var [N, J, D], logit [N, J]; R^0 = 1/J), and accumulates the M-step moments
+   statistics of iteration t-1 (mu, vhat [N, J, D], logit [N, J]; R^0 = 1/J), and accumulates the M-step moments
    sum_i R', sum_i R' (V - c), sum_i R' (V - c)^2 (R' = R a_i) into per-program partials [N, NB, J(, D)].
 2. ``_em_m_step_finalize_kernel``, grid (N,): sums the NB partials in a fixed order (deterministic) and computes
    mu, var, cost and the parent logits of iteration t, stored for the next pass and for the backward.
@@ -17,7 +17,8 @@ identical votes give exactly zero. Everything is computed in float32 (float64 fo
 Votes reads per iteration: one (the partials pass). With ``child_index`` (convolutional layers) iterations t >= 1
 read them twice: ``_em_row_normaliser_kernel`` first writes each (row, child)'s logsumexp over parents, a small
 torch step (``shared_child_logsumexp``) combines them over every window that shares the child, and the partials
-pass then normalises R by that. R itself is written only once, for the last iteration (the routing result).
+pass then normalises R by that (its scatter_add uses atomics on CUDA: the convolutional mode is not bitwise
+deterministic; without child_index the kernels are). R itself is written only once, for the last iteration.
 """
 
 from __future__ import annotations
@@ -341,8 +342,8 @@ def em_forward(
     votes [N, I, J, D] (float16/bfloat16/float32/float64, contiguous), activations [N, I], beta_u/beta_a [J]
     (compute dtype), child_index [P, I] int64 with `groups` > max(child_index) or None.
     Returns (poses [N, J, D], activations [N, J], assignments [N, I, J]) in the votes' dtype, then the saved
-    statistics for the backward: mus, vhats [T, N, J, D] (vhat = var - min_var), logits, masses [T, N, J], norms [T-1, N, I] (the
-    shared-child log normalisers; [0] without child_index).
+    statistics for the backward: mus, vhats [T, N, J, D] (vhat = var - min_var), logits, masses [T, N, J],
+    norms [T-1, N, I] (the shared-child log normalisers; [0] without child_index).
     """
     N, I, J, D = votes.shape
     T = iterations
