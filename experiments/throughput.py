@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import pandas as pd
 import torch
 
 import routing
-from experiments.bench_cases import CASES, MODES, CaseUnavailable, Workload, bytes_moved, get_case
+from experiments.bench_cases import CASES, MODES, Workload, bytes_moved, get_case
 from experiments.provenance import device_name, git_commit, timestamp, versions
 from experiments.tables import RESULTS_DIR, upsert_csv
 from experiments.throughput_report import pivot_markdown, results_markdown, save_plot
@@ -40,7 +41,7 @@ PROVIDERS = ("torch", "torch-compile", "triton")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 KEY = ["case", "routing", "provider", "mode", "dtype", "iterations", "x_name", "x_value", "device"]
 COLUMNS = [*KEY[:-1], "shape", "status", "note", "median", "q20", "q80", "unit", "samples_per_s", "peak_mem_mb",
-           "gb_per_s", "copy_bw_fraction", "first_call_s", "repeats", "device", "device_type", "torch", "triton",
+           "gb_per_s", "copy_bw_fraction", "first_call_s", "repeats", "cpu_load", "device", "device_type", "torch", "triton",
            "commit", "timestamp"]
 DEFAULT_CSV = RESULTS_DIR / "throughput.csv"
 
@@ -56,8 +57,8 @@ class Sweep:
     batch_sizes: Sequence[int] | None = None
     iterations: Sequence[int] = (3,)
     dtypes: Sequence[str] = ("float32",)
-    repeats: int = 5  # timed calls per row on the CPU (on a GPU do_bench decides)
-    warmup: int = 1  # untimed calls before them, after the first call
+    repeats: int = 3  # timed calls per row on the CPU (on a GPU do_bench decides)
+    warmup: int = 0  # extra untimed calls before them; the first forward and backward calls always warm up
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
 
     def check(self) -> None:
@@ -104,6 +105,14 @@ def unavailable_reason(provider: str, routing_name: str, device: torch.device) -
 def first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def cpu_load() -> float:
+    """The 1-minute load average after a row was timed: on a shared machine, how busy it was (NaN if unknown)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return math.nan
 
 
 def synchronize(device: torch.device) -> None:
@@ -179,7 +188,7 @@ def measure(runner: Runner, mode: str, sweep: Sweep, iterations: int, batch: int
         "median": timing.median_ms, "q20": timing.q20_ms, "q80": timing.q80_ms, "unit": "ms",
         "samples_per_s": batch / median_s, "peak_mem_mb": peak / 2**20, "gb_per_s": gbps,
         "copy_bw_fraction": gbps / copy_bandwidth_gbps(device) if device.type == "cuda" else math.nan,
-        "first_call_s": first_call_s,
+        "first_call_s": first_call_s, "cpu_load": cpu_load(),
     }
 
 
@@ -222,7 +231,7 @@ def _measure_provider(build, sweep: Sweep, device: torch.device, label: dict) ->
     backend = "triton" if provider == "triton" else "torch"
     try:
         workload = build(name, label["iterations"], backend, label["x_value"], DTYPES[label["dtype"]], device)
-    except (CaseUnavailable, ValueError, TypeError, NotImplementedError) as error:
+    except (ValueError, TypeError, NotImplementedError) as error:
         return skipped(f"cannot build: {first_line(error)}")
     try:
         runner = Runner(workload, provider, device)
@@ -245,11 +254,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"of {', '.join(PROVIDERS)} (default: all on CUDA; torch and triton on CPU)")
     parser.add_argument("--modes", nargs="+", default=list(defaults.modes), help=f"of {', '.join(MODES)}")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
-                        help="default: per case (routing 8 32, capsule-linear 32 128, conv-caps 8 32)")
+                        help="default: per case (routing 8 32, capsule-linear 32 128, conv-caps 4 16)")
     parser.add_argument("--iterations", nargs="+", type=int, default=list(defaults.iterations))
     parser.add_argument("--dtypes", nargs="+", default=list(defaults.dtypes), help=f"of {', '.join(DTYPES)}")
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed calls per row on the CPU")
-    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed calls before them (CPU)")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup,
+                        help="extra untimed calls before them (CPU; the first calls, timed apart, always run)")
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--out", type=Path, default=DEFAULT_CSV, help="CSV the rows are upserted into")
     parser.add_argument("--markdown", type=Path, default=None,

@@ -86,9 +86,12 @@ def results_markdown(table: pd.DataFrame) -> str:
              "routing inputs is off while timing."]
     for device, rows in table.groupby("device", sort=True):
         stamp = rows.sort_values("timestamp").iloc[-1]
-        parts += ["", f"## {device}", "",
-                  f"torch {stamp['torch']}, triton {stamp['triton']}, commit {stamp['commit']}, "
-                  f"latest row {stamp['timestamp']}", "", pivot_markdown(rows)]
+        provenance = (f"torch {stamp['torch']}, triton {stamp['triton']}, commit {stamp['commit']}, "
+                      f"latest row {stamp['timestamp']}")
+        load = rows["cpu_load"].dropna() if "cpu_load" in rows else pd.Series(dtype=float)
+        if not load.empty:
+            provenance += f"; 1-minute load average while timing {load.min():.1f} to {load.max():.1f}"
+        parts += ["", f"## {device}", "", provenance, "", pivot_markdown(rows)]
         if "device_type" in rows and (rows["device_type"] == "cpu").all():
             targets = targets_markdown(rows)
             if targets:

@@ -5,7 +5,6 @@ Timings are never asserted (only that they are positive and ordered); the sizes 
 
 import math
 
-import pandas as pd
 import pytest
 import torch
 
@@ -118,14 +117,11 @@ def test_cpu_peak_memory_follows_allocations_and_frees():
     assert peak == pytest.approx(2_000_000, abs=1024)
 
 
-def test_layer_cases_run_or_say_why(tmp_path):
+def test_layer_cases_run_for_every_routing():
     rows = run_sweep(Sweep(cases=["capsule-linear", "conv-caps"], routings=["dynamic", "em"], providers=["torch"],
                            modes=["forward+backward"], batch_sizes=[1], repeats=1, warmup=0, device="cpu"),
                      log=lambda _: None)
     assert len(rows) == 4
-    for _, row in rows.iterrows():
-        if row["status"] == "ok":
-            assert row["median"] > 0
-        else:
-            assert isinstance(row["note"], str) and row["note"].startswith("cannot build")
-    assert isinstance(rows, pd.DataFrame)
+    assert (rows["status"] == "ok").all(), rows[["case", "routing", "note"]]
+    assert (rows["median"] > 0).all()
+    assert rows.set_index("case").loc["conv-caps", "shape"].tolist() == ["poses [1, 6, 6, 16, 16] -> [1, 4, 4, 16, 16]"] * 2
