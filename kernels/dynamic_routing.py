@@ -43,15 +43,18 @@ from torch.library import triton_op, wrap_triton
 
 from kernels.utils import block_size, kernel_dtype_ok
 
-# Elements of the [BLOCK_I, BLOCK_J, BLOCK_D] tile of votes a program holds per step: 32 float32 registers per
-# thread at 4 warps, the size the Triton tutorials' fused kernels use per step (a starting point, not tuned on
-# a GPU: no GPU was available when this was written).
-TILE_ELEMENTS = 4096
+# Elements of the [BLOCK_I, BLOCK_J, BLOCK_D] tile of float32 votes a program holds per step (half as many for
+# float64), at 4 warps. Found by compiling the kernels for sm_90 with Triton 3.9 and ptxas (no GPU was
+# available to time them): the forward needs about 6 registers per tile element a thread, the backward about
+# 12, so 2048 (16 a thread) and 1024 (8 a thread) give about 100 registers a thread and no spills, room for
+# 4-5 programs per SM. Twice these tiles reach 200-255 registers and spill in the backward.
+FORWARD_TILE = 2048
+BACKWARD_TILE = 1024
 # One child's padded votes (BLOCK_J * BLOCK_D) above this no longer fit a program's registers sensibly.
 MAX_PARENT_TILE = 16384
-# Programs per streaming multiprocessor the grid aims at: enough memory requests in flight to cover HBM latency
-# (Little's law: about 15 KB per SM on an H100; 4 programs hold 4 x 16 KB of float32 votes per step).
-PROGRAMS_PER_SM = 4
+# Programs per streaming multiprocessor the grid aims at: several waves of the 4-5 resident programs, so that
+# the last, partly filled wave costs little (the reduction over children then has a few tens of partials).
+PROGRAMS_PER_SM = 16
 # Under the interpreter programs run one after another on the CPU: aim at few, large programs.
 INTERPRETER_PROGRAMS = 8
 
@@ -268,11 +271,12 @@ def _dynamic_routing_backward_kernel(
 
 class LaunchConfig(NamedTuple):
     """How the children of one sample are split: sub-blocks of block_i children, blocks_per_program of them
-    per program, n_chunks programs per sample."""
+    per program, n_chunks programs per sample; num_warps per program."""
 
     block_i: int
     blocks_per_program: int
     n_chunks: int
+    num_warps: int
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -304,15 +308,17 @@ def _target_programs(device: torch.device) -> int:
     return INTERPRETER_PROGRAMS
 
 
-def launch_config(votes: Tensor, block_i: int = 0, blocks_per_program: int = 0) -> LaunchConfig:
+def launch_config(votes: Tensor, tile: int, block_i: int = 0, blocks_per_program: int = 0) -> LaunchConfig:
     """Split each sample's I children into n_chunks programs of blocks_per_program sub-blocks of block_i.
 
-    0 picks the default: block_i so that a sub-block of votes is about TILE_ELEMENTS; blocks_per_program so that
-    the grid has about PROGRAMS_PER_SM programs per SM (the reduction over children then has n_chunks partials).
+    tile: FORWARD_TILE or BACKWARD_TILE. 0 picks the default: block_i so that a sub-block holds about `tile`
+    float32 votes (tile / 2 float64 ones); blocks_per_program so that the grid has about PROGRAMS_PER_SM
+    programs per SM. A child too large for the tile at 4 warps gets more warps (up to 16).
     """
     B, I, J, D = votes.shape
+    tile = tile * 4 // accumulation_dtype(votes.dtype).itemsize
     if block_i == 0:
-        block_i = min(block_size(I, minimum=1), max(1, TILE_ELEMENTS // parent_tile(J, D)))
+        block_i = min(block_size(I, minimum=1), max(1, tile // parent_tile(J, D)))
     if block_i < 1 or block_i & (block_i - 1):
         raise ValueError(f"block_i must be a power of two >= 1 (or 0 for the default), got {block_i}")
     n_blocks = triton.cdiv(I, block_i)
@@ -321,12 +327,8 @@ def launch_config(votes: Tensor, block_i: int = 0, blocks_per_program: int = 0) 
     if blocks_per_program < 1:
         raise ValueError(f"blocks_per_program must be >= 1 (or 0 for the default), got {blocks_per_program}")
     blocks_per_program = min(blocks_per_program, n_blocks)
-    return LaunchConfig(block_i, blocks_per_program, triton.cdiv(n_blocks, blocks_per_program))
-
-
-def _num_warps(block_i: int, J: int, D: int) -> int:
-    # 4 warps for tiles up to TILE_ELEMENTS (32 elements a thread), 8 above (the tutorials' rule of thumb)
-    return 4 if block_i * parent_tile(J, D) <= TILE_ELEMENTS else 8
+    num_warps = min(16, max(4, block_size(4 * block_i * parent_tile(J, D) // tile, minimum=1)))
+    return LaunchConfig(block_i, blocks_per_program, triton.cdiv(n_blocks, blocks_per_program), num_warps)
 
 
 def _check(votes: Tensor, activations: Tensor | None) -> None:
@@ -361,7 +363,7 @@ def dynamic_routing_forward(
     B, I, J, D = votes.shape
     T = iterations
     acc = accumulation_dtype(votes.dtype)
-    block_i, blocks_per_program, n_chunks = launch_config(votes, block_i, blocks_per_program)
+    block_i, blocks_per_program, n_chunks, num_warps = launch_config(votes, FORWARD_TILE, block_i, blocks_per_program)
     sums, poses, cums = (torch.empty(T, B, J, D, device=votes.device, dtype=acc) for _ in range(3))
     partial = torch.empty(B, n_chunks, J, D, device=votes.device, dtype=acc)
     counter = torch.zeros(B, device=votes.device, dtype=torch.int32)
@@ -376,7 +378,7 @@ def dynamic_routing_forward(
             n_chunks, blocks_per_program, eps,
             HAS_ACT=activations is not None, LAST=r == T - 1,
             BLOCK_I=block_i, BLOCK_J=block_size(J, minimum=1), BLOCK_D=block_size(D, minimum=1),
-            num_warps=_num_warps(block_i, J, D),
+            num_warps=num_warps,
         )
     return v_out, len_out, c_out, sums, poses, cums
 
@@ -406,7 +408,7 @@ def dynamic_routing_backward(
     _check(votes, activations)
     T, B, J, D = sums.shape
     I = votes.shape[1]
-    block_i, blocks_per_program, n_chunks = launch_config(votes, block_i, blocks_per_program)
+    block_i, blocks_per_program, n_chunks, num_warps = launch_config(votes, BACKWARD_TILE, block_i, blocks_per_program)
     acc = sums.dtype
     gs = torch.empty(T, B, J, D, device=votes.device, dtype=acc)
     partial = torch.empty(B, n_chunks, J, D, device=votes.device, dtype=acc)
@@ -426,7 +428,7 @@ def dynamic_routing_backward(
             n_chunks, blocks_per_program, eps,
             HAS_ACT=activations is not None, HAS_GRAD_C=grad_c is not None, FINAL=final,
             BLOCK_I=block_i, BLOCK_J=block_size(J, minimum=1), BLOCK_D=block_size(D, minimum=1),
-            num_warps=_num_warps(block_i, J, D),
+            num_warps=num_warps,
         )
     return grad_u, grad_a
 
