@@ -3,14 +3,16 @@
     python -m experiments.bench_routing_cpu                 # every case, median of 5
     python -m experiments.bench_routing_cpu --repeats 9 --only dynamic
 
-Prints a markdown table of median wall-clock times (time.perf_counter, after one warm-up call, finite checks
-off) for the routing call alone and, for the dense capsule layer, votes from W plus routing. The machine is
-shared, so repeat runs and compare medians; the header line names the device, torch version and commit.
+Prints a markdown table of median wall-clock and CPU times (time.perf_counter and time.process_time, after
+one warm-up call, finite checks off) for the routing call alone and, for the dense capsule layer, votes from W
+plus routing. The machine is shared, so repeat runs and compare medians; the header line names the device,
+threads, torch version, commit and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ import pandas as pd
 import torch
 
 import routing
+from capsules.layers import CapsuleLinear, ConvCaps
+from capsules.layers.windows import window_child_index
 from experiments.provenance import device_name, git_commit
 
 
@@ -31,16 +35,19 @@ class Case:
     run: Callable[[bool], None]
 
 
-def time_ms(fn: Callable[[], None], repeats: int) -> tuple[float, float, float]:
-    """Median, min and max milliseconds of `repeats` calls after one warm-up call."""
+def time_ms(fn: Callable[[], None], repeats: int) -> tuple[float, float]:
+    """Median wall-clock and median CPU (process) milliseconds of `repeats` calls after one warm-up call.
+
+    On a machine shared with other jobs the wall time grows with the load; the CPU time of a single-threaded
+    run (--threads 1) stays close to what the call costs on an idle core."""
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(1000 * (time.perf_counter() - start))
-    times.sort()
-    return times[len(times) // 2], times[0], times[-1]
+        wall.append(1000 * (time.perf_counter() - start))
+        cpu.append(1000 * (time.process_time() - start_cpu))
+    return sorted(wall)[len(wall) // 2], sorted(cpu)[len(cpu) // 2]
 
 
 def backward_through(outputs: routing.RoutingResult, backward: bool, leaves: tuple[torch.Tensor, ...]) -> None:
@@ -63,66 +70,69 @@ def dynamic_routing_case(layout: str, B=128, I=1152, J=10, D=16) -> Case:
                 lambda backward: backward_through(router(votes), backward, (votes,)))
 
 
-def dense_layer_case(B=128, I=1152, J=10, D=16, D_in=8) -> Case:
-    """Votes u_hat[b, j, i] = W[i, j] @ u[b, i] from W [I, J, D, D_in] as parent-major [B, J, I, D], then routing."""
-    router = routing.create("dynamic", backend="torch", iterations=3)
-    g = torch.Generator().manual_seed(0)
-    W = (0.05 * torch.randn(I, J, D, D_in, generator=g)).requires_grad_()
-    u = torch.randn(B, I, D_in, generator=g).requires_grad_()
+def capsule_linear_case(B=128, I=1152, J=10, D=16, D_in=8) -> Case:
+    """capsules.layers.CapsuleLinear (Sabour's DigitCaps, W [I, J, D, D_in]) with dynamic routing: votes + routing."""
+    layer = CapsuleLinear(I, D_in, J, D, routing="dynamic", backend="torch", iterations=3)
+    u = torch.randn(B, I, D_in, generator=torch.Generator().manual_seed(0)).requires_grad_()
 
     def run(backward: bool) -> None:
-        # [I, J*D, D_in] @ [I, D_in, B] -> [I, J*D, B], a batched matmul over children, then parent-major
-        votes = (W.reshape(I, J * D, D_in) @ u.permute(1, 2, 0)).reshape(I, J, D, B).permute(3, 1, 0, 2)
-        backward_through(router(votes.contiguous().transpose(1, 2)), backward, (W, u))
+        poses, acts = layer(u)
+        backward_through(routing.RoutingResult(poses, acts, poses), backward, (u, *layer.parameters()))
 
-    return Case("dense capsule layer (votes + dynamic routing)", f"{B}x{D_in}->{I}x{J}x{D}", run)
+    return Case("CapsuleLinear layer (votes + dynamic routing)", f"{B}x{I}x{D_in}->{J}x{D}", run)
 
 
-def em_routing_case(N: int, I: int, J: int, D: int = 16, windows: int | None = None, children: int = 0) -> Case:
-    """EM routing alone; with `windows`, a conv child_index [windows, I] over `children` shared children."""
+def em_routing_case(N: int, I: int, J: int, D: int = 16, layout: str = "parent-major") -> Case:
+    """EM routing alone on votes laid out as the capsule layers hand them (parent-major) or contiguous."""
     router = routing.create("em", backend="torch", iterations=3, out_caps=J)
     g = torch.Generator().manual_seed(0)
-    votes = torch.randn(N, I, J, D, generator=g).requires_grad_()
+    if layout == "parent-major":
+        votes = torch.randn(N, J, I, D, generator=g).transpose(1, 2).requires_grad_()
+    else:
+        votes = torch.randn(N, I, J, D, generator=g).requires_grad_()
     acts = torch.rand(N, I, generator=g).requires_grad_()
-    child_index = None
-    label = "em routing"
-    if windows is not None:
-        child_index = torch.randint(0, children, (windows, I), generator=g)
-        label = "em routing (conv child_index)"
-    return Case(label, f"{N}x{I}x{J}x{D}",
-                lambda backward: backward_through(router(votes, acts, child_index=child_index), backward, (votes, acts)))
-
-
-def conv_child_index(side_in=6, side_out=4, K=3, stride=1, types=16) -> torch.Tensor:
-    """child_index [side_out^2, K*K*types] of a ConvCaps layer: window p's local child (ky, kx, type) -> the
-    sample's child (row, col, type) on the side_in x side_in grid."""
-    rows = []
-    for oy in range(side_out):
-        for ox in range(side_out):
-            rows.append([((oy * stride + ky) * side_in + ox * stride + kx) * types + c
-                         for ky in range(K) for kx in range(K) for c in range(types)])
-    return torch.tensor(rows)
+    return Case(f"em routing ({layout})", f"{N}x{I}x{J}x{D}",
+                lambda backward: backward_through(router(votes, acts), backward, (votes, acts)))
 
 
 def convcaps_em_case(batch=32) -> Case:
-    """ConvCaps 6x6 -> 4x4, K=3, 16 -> 16 types: votes [batch*16, 144, 16, 16] with the layer's child_index."""
-    child_index = conv_child_index()
+    """EM routing at the ConvCaps 6x6 -> 4x4, K=3, 16 -> 16 types shape: parent-major votes
+    [batch*16, 144, 16, 16] with the layer's child_index [16, 144]."""
+    child_index = window_child_index(6, 6, 16, 3, 1)
     P, I = child_index.shape
     router = routing.create("em", backend="torch", iterations=3, out_caps=16)
     g = torch.Generator().manual_seed(0)
-    votes = torch.randn(batch * P, I, 16, 16, generator=g).requires_grad_()
+    votes = torch.randn(batch * P, 16, I, 16, generator=g).transpose(1, 2).requires_grad_()
     acts = torch.rand(batch * P, I, generator=g).requires_grad_()
-    return Case("em routing (ConvCaps 6x6->4x4 child_index)", f"{batch * P}x{I}x16x16",
-                lambda backward: backward_through(router(votes, acts, child_index=child_index), backward, (votes, acts)))
+    return Case("em routing (ConvCaps child_index)", f"{batch * P}x{I}x16x16",
+                lambda backward: backward_through(router(votes, acts, child_index=child_index), backward,
+                                                  (votes, acts)))
+
+
+def convcaps_layer_case(batch=32) -> Case:
+    """capsules.layers.ConvCaps 6x6 -> 4x4, K=3, stride 1, 16 -> 16 types, EM routing: votes + routing."""
+    layer = ConvCaps(16, 16, 3, stride=1, routing="em", backend="torch", iterations=3)
+    g = torch.Generator().manual_seed(0)
+    poses = torch.randn(batch, 6, 6, 16, 16, generator=g).requires_grad_()
+    acts = torch.rand(batch, 6, 6, 16, generator=g).requires_grad_()
+
+    def run(backward: bool) -> None:
+        out_poses, out_acts = layer(poses, acts)
+        backward_through(routing.RoutingResult(out_poses, out_acts, out_poses), backward,
+                         (poses, acts, *layer.parameters()))
+
+    return Case("ConvCaps layer (votes + em routing)", f"{batch}x6x6x16->4x4x16", run)
 
 
 def all_cases() -> list[Case]:
     return [
         dynamic_routing_case("parent-major"),
         dynamic_routing_case("contiguous"),
-        dense_layer_case(),
+        capsule_linear_case(),
         em_routing_case(512, 144, 16),
+        em_routing_case(512, 144, 16, layout="contiguous"),
         convcaps_em_case(),
+        convcaps_layer_case(),
         em_routing_case(32, 256, 5),
         em_routing_case(32, 256, 10),
     ]
@@ -144,11 +154,11 @@ def main() -> None:
                 continue
             for mode, backward in (("forward", False), ("forward+backward", True)):
                 with torch.set_grad_enabled(backward):
-                    median, low, high = time_ms(lambda: case.run(backward), args.repeats)
+                    wall, cpu = time_ms(lambda: case.run(backward), args.repeats)
                 rows.append({"case": case.name, "shape": case.shape, "mode": mode,
-                             "median_ms": round(median, 1), "min_ms": round(low, 1), "max_ms": round(high, 1)})
-    print(f"device: {device_name()}, torch {torch.__version__}, commit {git_commit()}, "
-          f"median of {args.repeats} after a warm-up call\n")
+                             "wall_ms": round(wall, 1), "cpu_ms": round(cpu, 1)})
+    print(f"device: {device_name()}, torch {torch.__version__}, commit {git_commit()}, medians of "
+          f"{args.repeats} after a warm-up call, load average {os.getloadavg()[0]:.1f} at the end\n")
     print(pd.DataFrame(rows).to_markdown(index=False))
 
 
