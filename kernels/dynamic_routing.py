@@ -22,6 +22,12 @@ forward. A final pass then writes the votes' and activations' gradients once. Ev
 needs (c_r, G_r) from the votes and the [T, B, J, D] buffers, so memory stays O(votes) for any T. In the
 detach_inner mode only the last iteration is differentiated: one pass.
 
+Cross-program sums: the partials are stored, then a barrier, then one thread's acq_rel atomic on the counter
+(PTX: bar.sync; atom.global.gpu.acq_rel.add by thread 0; bar.sync), and the last program reads the partials
+with volatile loads: the semaphore pattern of CUTLASS's serial split-K and inductor's cooperative reductions.
+The counters are zeroed once per call and count up through its launches, so a launch must run exactly once:
+never wrap these kernels in an autotuner that replays them.
+
 Dtypes: float16, bfloat16 and float32 votes are routed in float32, float64 in float64 (the accumulation dtype
 is that of the [T, B, J, D] buffers); outputs and gradients come back in the inputs' dtypes.
 
