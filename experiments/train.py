@@ -17,6 +17,7 @@ epoch counter, so a resumed run matches an uninterrupted one on the same machine
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import signal
 import sys
@@ -33,14 +34,13 @@ from tqdm import tqdm
 
 import capsules
 import routing
-from capsules import losses
 from experiments import provenance
 from experiments.tables import to_markdown, write_csv_atomic
 from experiments.training_checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from experiments.training_config import TrainConfig, add_arguments, build_config, overrides_from_args
 from experiments.training_data import TrainingData, eval_shard, load_data, steps_per_epoch, train_batches
 from experiments.training_distributed import DistributedContext, main_rank_value, setup, sum_across_ranks, teardown
-from experiments.training_schedule import lr_at, progress, spread_margin_at
+from experiments.training_schedule import lr_at, progress
 
 CHECKPOINT, METRICS, CONFIG = "checkpoint.pt", "metrics.csv", "config.json"
 SHOWN_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_accuracy", "test_error", "samples_per_s",
@@ -68,11 +68,32 @@ def check_names(config: TrainConfig) -> None:
 
 
 def build_model(config: TrainConfig, data: TrainingData) -> nn.Module:
-    """capsules.create_model for the dataset's channels, image size and classes, with the routing chosen."""
-    options = dict(in_channels=data.channels, num_classes=data.classes, image_size=data.image_size,
-                   routing_iterations=config.routing_iterations, routing_backend=config.routing_backend,
-                   **config.model_options)
-    return capsules.create_model(config.model, routing=config.routing, **options)
+    """capsules.create_model sized for the dataset (channels, classes, and image size where the model takes one),
+    with the routing, its iterations and backend, and a decoder only when the reconstruction loss is on."""
+    accepted = inspect.signature(capsules.models.registry._models[config.model]).parameters
+    options = dict(in_channels=data.channels, classes=data.classes,
+                   routing_options={"iterations": config.routing_iterations, "backend": config.routing_backend})
+    if "image_size" in accepted:
+        options["image_size"] = data.image_size
+    if "decoder" in accepted:
+        options["decoder"] = config.reconstruction_weight > 0
+    return capsules.create_model(config.model, routing=config.routing, **{**options, **config.model_options})
+
+
+def distribute(model: nn.Module, ctx: DistributedContext) -> nn.Module:
+    """The model wrapped in DistributedDataParallel when there are several processes (else itself).
+
+    BatchNorm becomes SyncBatchNorm on GPUs, so statistics cover the global batch as in one process; on CPUs
+    (where SyncBatchNorm does not run) each process normalises its own share of the batch.
+    """
+    if not ctx.distributed:
+        return model
+    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if ctx.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif has_batch_norm and ctx.is_main:
+        print("note: BatchNorm statistics are per process on CPUs (SyncBatchNorm needs GPUs)", file=sys.stderr)
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -93,16 +114,25 @@ def classification_loss(config: TrainConfig, activations: torch.Tensor, labels: 
                         margin: float) -> torch.Tensor:
     """Mean over the batch of the margin loss (Sabour et al.) or the spread loss at `margin` (Hinton et al.)."""
     if config.loss == "spread":
-        return losses.spread_loss(activations, labels, margin=margin)
-    return losses.margin_loss(activations, labels)
+        return capsules.spread_loss(activations, labels, margin)
+    return capsules.margin_loss(activations, labels)
 
 
-def total_loss(config: TrainConfig, output, images: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
-    """Classification loss plus reconstruction_weight x the decoder's sum-of-squares error (mean over the batch)."""
+def total_loss(config: TrainConfig, output: capsules.CapsuleOutput, images: torch.Tensor, labels: torch.Tensor,
+               margin: float) -> torch.Tensor:
+    """Classification loss plus reconstruction_weight x the decoder's sum of squared errors (batch means)."""
     loss = classification_loss(config, output.activations.float(), labels, margin)
     if config.reconstruction_weight and output.reconstruction is not None:
-        loss = loss + config.reconstruction_weight * losses.reconstruction_loss(output.reconstruction.float(), images)
+        loss = loss + capsules.reconstruction_loss(output.reconstruction.float(), images,
+                                                   scale=config.reconstruction_weight)
     return loss
+
+
+def margin_schedule(config: TrainConfig, total_steps: int) -> capsules.SpreadMarginSchedule:
+    """The spread-loss margin, from spread_margin_start to spread_margin_end over spread_margin_fraction of the
+    planned steps."""
+    steps = max(1, round(config.spread_margin_fraction * total_steps))
+    return capsules.SpreadMarginSchedule(config.spread_margin_start, config.spread_margin_end, steps)
 
 
 # ------------------------------------------------------------------------------------------------- evaluate
@@ -153,6 +183,9 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
     params = count_parameters(model)
     optimizer = build_optimizer(config, model)
     data_generator = torch.Generator().manual_seed(config.seed)
+    steps = steps_per_epoch(len(data.train_labels), config.batch_size)
+    total_steps = steps * config.epochs
+    margin = margin_schedule(config, total_steps)
     state = RunState(rows=[])
     if config.resume:
         checkpoint = load_checkpoint(out / CHECKPOINT)
@@ -160,13 +193,9 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
         optimizer.load_state_dict(checkpoint["optimizer"])
         data_generator.set_state(checkpoint["data_generator"])
         set_rng_state(checkpoint["rng"])
+        margin.load_state_dict(checkpoint["margin"])
         state = RunState(**checkpoint["run"])
-    net = model
-    if ctx.distributed:
-        net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                                      find_unused_parameters=config.reconstruction_weight == 0)
-    steps = steps_per_epoch(len(data.train_labels), config.batch_size)
-    total_steps = steps * config.epochs
+    net = distribute(model, ctx)
     device_name = provenance.device_name(ctx.device)
     static = {"params": params, "device": device_name, "world_size": ctx.world_size,
               "git_commit": provenance.git_commit(), **{f"config_{k}": v for k, v in config.flat().items()}}
@@ -190,12 +219,13 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
             images, labels = images.to(ctx.device), labels.to(ctx.device)
             with autocast(config, ctx.device):
                 output = net(images, labels)
-                loss = total_loss(config, output, images, labels, spread_margin_at(config, done))
+                loss = total_loss(config, output, images, labels, margin.margin)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            margin.step()
             state.step += 1
             loss_sum += loss.item() * len(labels)
             correct += (output.activations.detach().argmax(dim=1) == labels).sum().item()
@@ -210,7 +240,7 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
         bar.close()
         state.train_seconds += epoch_seconds
         loss_sum, correct, seen = sum_across_ranks([loss_sum, correct, seen], ctx.device)
-        test_accuracy, test_loss = evaluate(config, model, data, ctx, spread_margin_at(config, done))
+        test_accuracy, test_loss = evaluate(config, model, data, ctx, margin.margin)
         state.epoch += 1
         state.wall_seconds += time.perf_counter() - wall_start
         row = {"epoch": state.epoch, "step": state.step, "epochs_trained": state.step * config.batch_size /
@@ -221,7 +251,7 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
                "timestamp": provenance.timestamp(), **static}
         state.rows.append(row)
         if ctx.is_main:
-            save_run(out, model, optimizer, data_generator, state)
+            save_run(out, model, optimizer, margin, data_generator, state)
             tqdm.write(f"epoch {state.epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
                        f"test acc {test_accuracy:.4f} (error {100 * (1 - test_accuracy):.2f}%) | "
                        f"{row['samples_per_s']:.0f} samples/s | {epoch_seconds:.1f} s", file=sys.stdout)
@@ -229,10 +259,10 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
     return pd.DataFrame(state.rows)
 
 
-def save_run(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, data_generator: torch.Generator,
-             state: RunState) -> None:
+def save_run(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, margin: capsules.SpreadMarginSchedule,
+             data_generator: torch.Generator, state: RunState) -> None:
     """Checkpoint first, then the table (both atomic): the table never gets ahead of a checkpoint."""
-    save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "margin": margin.state_dict(),
                      "data_generator": data_generator.get_state(), "rng": rng_state(), "run": vars(state)},
                     out / CHECKPOINT)
     write_csv_atomic(pd.DataFrame(state.rows), out / METRICS)

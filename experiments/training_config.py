@@ -51,7 +51,7 @@ class TrainConfig:
     loss: str = "margin"  # margin (Sabour et al.) or spread (Hinton et al.)
     spread_margin_start: float = 0.2
     spread_margin_end: float = 0.9
-    spread_margin_fraction: float = 0.5  # spread margin reaches its end value after this share of training
+    spread_margin_fraction: float = 0.5  # spread margin reaches its end value after this share of the planned steps
     reconstruction_weight: float = 0.0005  # 0 turns the decoder's loss off
     # data
     max_shift: int = 2  # MNIST training shift in pixels

@@ -1,13 +1,12 @@
 """Training configuration, command line and schedules: presets, overrides, clear errors, resumable schedules."""
 
 import argparse
-import math
 
 import pytest
 
 from experiments.train import parse_args
 from experiments.training_config import PRESETS, TrainConfig, add_arguments, build_config, parse_model_options
-from experiments.training_schedule import lr_at, progress, spread_margin_at
+from experiments.training_schedule import lr_at, progress
 
 
 def test_papers_defaults_per_model_family():
@@ -77,12 +76,3 @@ def test_progress_follows_steps_or_the_clock_whichever_is_further():
     timed = build_config(model="compact", time_budget_min=2.0)
     assert progress(timed, 25, 100, train_seconds=90.0) == 0.75
     assert progress(timed, 25, 100, train_seconds=600.0) == 1.0
-
-
-def test_spread_margin_grows_from_start_to_end_then_stays():
-    config = build_config(model="matrix-capsnet", spread_margin_fraction=0.5)
-    assert spread_margin_at(config, 0.0) == pytest.approx(0.2)
-    assert spread_margin_at(config, 0.25) == pytest.approx(0.55)
-    assert spread_margin_at(config, 0.5) == pytest.approx(0.9)
-    assert spread_margin_at(config, 1.0) == pytest.approx(0.9)
-    assert not math.isnan(spread_margin_at(config, 0.9))

@@ -1,5 +1,5 @@
 """Training runs end to end: real MNIST learns with each routing, resume is exact, smallNORB files train, and bad
-arguments fail with clear messages. Small subsets and the compact model keep the module well under a minute."""
+arguments fail with clear messages. Small subsets and a narrow compact model keep the module short."""
 
 from pathlib import Path
 
@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+import experiments.train as train_module
 import routing
 from experiments.train import CHECKPOINT, METRICS, main, train
 from experiments.training_config import build_config
@@ -14,40 +15,64 @@ from helpers_smallnorb import write_split
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/mnist"
 COMPACT = "compact"
+NARROW = {"channels": [16, 32, 32], "types": 4}  # the compact model, narrower: same layers, a fraction of the time
 ROW_COLUMNS = {"epoch", "train_loss", "train_accuracy", "test_accuracy", "test_error", "samples_per_s",
                "wall_time_s", "device", "git_commit", "config_model", "config_routing", "config_lr", "config_seed"}
 
 
 def small_run(tmp_path: Path, name: str, **options):
-    """A quick compact-model configuration on a slice of real MNIST, writing into tmp_path / name."""
-    settings = dict(model=COMPACT, dataset="mnist", data_root=str(MNIST_DIR), train_subset=512, test_subset=200,
-                    batch_size=64, epochs=1, progress=False, out_dir=str(tmp_path / name), threads=2)
+    """A quick narrow compact-model configuration on a slice of real MNIST, writing into tmp_path / name."""
+    settings = dict(model=COMPACT, model_options=NARROW, dataset="mnist", data_root=str(MNIST_DIR), train_subset=256,
+                    test_subset=100, batch_size=32, epochs=1, schedule="constant", lr=2e-3, progress=False,
+                    out_dir=str(tmp_path / name))
     return build_config(**{**settings, **options})
 
 
 @pytest.mark.parametrize("routing_name", routing.available())
 def test_short_real_mnist_run_learns_well_above_chance(tmp_path, routing_name):
-    config = small_run(tmp_path, routing_name, routing=routing_name, train_subset=3072, test_subset=1000)
+    # EM routing with its paper's spread loss: its activations start near 0.5, where the margin loss learns slowly.
+    loss = "spread" if routing_name == "em" else "margin"
+    config = small_run(tmp_path, routing_name, routing=routing_name, loss=loss, train_subset=1024, test_subset=500)
     table = train(config)
     assert len(table) == 1
-    assert table["test_accuracy"].iloc[0] > 0.5, table.to_string()  # chance is 0.1
+    assert table["test_accuracy"].iloc[0] > 0.3, table.to_string()  # chance is 0.1
     saved = pd.read_csv(Path(config.out_dir) / METRICS)
     assert ROW_COLUMNS <= set(saved.columns)
     assert saved["test_accuracy"].iloc[0] == pytest.approx(table["test_accuracy"].iloc[0])
     assert saved["config_routing"].iloc[0] == routing_name
 
 
-def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
-    straight = train(small_run(tmp_path, "straight", routing="dynamic", epochs=2))
-    train(small_run(tmp_path, "resumed", routing="dynamic", epochs=1))
-    resumed = train(small_run(tmp_path, "resumed", routing="dynamic", epochs=2, resume=True))
-    metrics = ["epoch", "step", "train_loss", "train_accuracy", "test_accuracy", "lr"]
+def interrupt_at_step(monkeypatch, stop_step: int) -> None:
+    """Make the training loop raise KeyboardInterrupt (as Ctrl-C would) when it reaches optimiser step `stop_step`."""
+    real_lr_at = train_module.lr_at
+
+    def lr_at(config, step, done):
+        if step == stop_step:
+            raise KeyboardInterrupt
+        return real_lr_at(config, step, done)
+
+    monkeypatch.setattr(train_module, "lr_at", lr_at)
+
+
+def test_interrupted_run_keeps_its_last_checkpoint_and_resumes_exactly(tmp_path, monkeypatch):
+    # onecycle and the spread margin: both schedules must continue where they stopped
+    options = dict(routing="dynamic", schedule="onecycle", loss="spread", epochs=2)
+    straight = train(small_run(tmp_path, "straight", **options))
+    interrupt_at_step(monkeypatch, 12)  # 8 steps per epoch: in the middle of epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        train(small_run(tmp_path, "resumed", **options))
+    monkeypatch.undo()
+    assert pd.read_csv(tmp_path / "resumed" / METRICS)["epoch"].tolist() == [1]
+    assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)["run"]["step"] == 8
+    resumed = train(small_run(tmp_path, "resumed", resume=True, **options))
+    metrics = ["epoch", "step", "train_loss", "train_accuracy", "test_accuracy", "test_loss", "lr"]
     pd.testing.assert_frame_equal(straight[metrics], resumed[metrics])
     a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)
     b = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert torch.equal(a["data_generator"], b["data_generator"])
+    assert a["margin"] == b["margin"] and a["margin"]["taken"] == 16
 
 
 def test_a_finished_run_resumes_to_the_same_table(tmp_path):
@@ -56,32 +81,12 @@ def test_a_finished_run_resumes_to_the_same_table(tmp_path):
     pd.testing.assert_frame_equal(first, again)
 
 
-def test_interrupt_leaves_the_last_checkpoint_and_table(tmp_path, monkeypatch):
-    import experiments.train as train_module
-
-    config = small_run(tmp_path, "killed", routing="dynamic", epochs=2, train_subset=128)
-    calls = {"n": 0}
-    real_evaluate = train_module.evaluate
-
-    def interrupted_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "evaluate", interrupted_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(config)
-    assert pd.read_csv(Path(config.out_dir) / METRICS)["epoch"].tolist() == [1]
-    assert torch.load(Path(config.out_dir) / CHECKPOINT, weights_only=False)["run"]["epoch"] == 1
-
-
 def test_smallnorb_run_on_written_files_completes(tmp_path):
     root = tmp_path / "smallnorb"
     write_split(root, train=True, pairs=36, seed=1)
     write_split(root, train=False, pairs=20, seed=2)
-    config = small_run(tmp_path, "norb", model=COMPACT, routing="em", dataset="smallnorb", data_root=str(root),
-                       train_subset=None, test_subset=None, batch_size=12, loss="spread")
+    config = small_run(tmp_path, "norb", routing="em", dataset="smallnorb", data_root=str(root), train_subset=None,
+                       test_subset=None, batch_size=12, loss="spread")
     table = train(config)
     assert table["epoch"].tolist() == [1] and table["step"].tolist() == [3]
     assert 0.0 <= table["test_accuracy"].iloc[0] <= 1.0
