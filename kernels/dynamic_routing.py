@@ -121,7 +121,8 @@ def _dynamic_routing_forward_kernel(
     cum = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc_ty)
     if r > 0:
         prev = (r - 1) * BJD + row
-        cum = tl.load(cums_ptr + prev + jd, mask=mask_jd, other=0.0) + tl.load(poses_ptr + prev + jd, mask=mask_jd, other=0.0)
+        cum = tl.load(cums_ptr + prev + jd, mask=mask_jd, other=0.0)
+        cum += tl.load(poses_ptr + prev + jd, mask=mask_jd, other=0.0)
 
     u_jd = offs_j[None, :, None].to(tl.int64) * stride_uj + offs_d[None, None, :].to(tl.int64) * stride_ud
     u_base = u_ptr + b.to(tl.int64) * stride_ub
@@ -245,7 +246,8 @@ def _dynamic_routing_backward_kernel(
                     gc = gw * a[:, None]
                 if HAS_GRAD_C:
                     if rr == T - 1:
-                        c_offs = b.to(tl.int64) * stride_cb + offs_i64[:, None] * stride_ci + offs_j[None, :].to(tl.int64) * stride_cj
+                        c_offs = (b.to(tl.int64) * stride_cb + offs_i64[:, None] * stride_ci
+                                  + offs_j[None, :].to(tl.int64) * stride_cj)
                         gc += tl.load(grad_c_ptr + c_offs, mask=mask_ij, other=0.0).to(acc_ty)
                 G += c * (gc - tl.sum(gc * c, axis=1)[:, None])  # softmax backward over parents
         if FINAL:
@@ -482,8 +484,7 @@ def dynamic_routing(
 
     detach_inner: differentiate the last iteration only (the earlier ones' logits are constants). block_i and
     blocks_per_program, when not 0, override `launch_config`'s choice (tests use them to force several programs
-    per sample). The launch configuration is chosen inside the registered ops, which torch.compile does not
-    trace into.
+    per sample). The launch configuration is chosen inside the registered ops, which Dynamo treats as opaque.
     """
     _check(votes, activations)
     return DynamicRoutingFunction.apply(votes, activations, iterations, detach_inner, eps, block_i, blocks_per_program)

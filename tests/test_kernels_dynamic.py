@@ -3,6 +3,7 @@
 On a machine without CUDA the kernels run under Triton's interpreter (TRITON_INTERPRET=1, set below before
 triton is imported, as tests/conftest.py also does), so shapes are small. Every buffer the kernels allocate with
 torch.empty / torch.empty_like is filled with NaN first, so an element a kernel fails to write fails the test.
+The interpreter does not compile the kernels; a slow test (pytest -m slow) lowers them to sm_90 binaries.
 """
 
 from __future__ import annotations
