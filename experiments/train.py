@@ -40,7 +40,7 @@ from experiments.training_checkpoint import load_checkpoint, rng_state, save_che
 from experiments.training_config import TrainConfig, add_arguments, build_config, overrides_from_args
 from experiments.training_data import TrainingData, eval_shard, load_data, steps_per_epoch, train_batches
 from experiments.training_distributed import DistributedContext, main_rank_value, setup, sum_across_ranks, teardown
-from experiments.training_schedule import lr_at, progress
+from experiments.training_schedule import lr_at, progress, spread_margin_at
 
 CHECKPOINT, METRICS, CONFIG = "checkpoint.pt", "metrics.csv", "config.json"
 SHOWN_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_accuracy", "test_error", "samples_per_s",
@@ -128,13 +128,6 @@ def total_loss(config: TrainConfig, output: capsules.CapsuleOutput, images: torc
     return loss
 
 
-def margin_schedule(config: TrainConfig, total_steps: int) -> capsules.SpreadMarginSchedule:
-    """The spread-loss margin, from spread_margin_start to spread_margin_end over spread_margin_fraction of the
-    planned steps."""
-    steps = max(1, round(config.spread_margin_fraction * total_steps))
-    return capsules.SpreadMarginSchedule(config.spread_margin_start, config.spread_margin_end, steps)
-
-
 # ------------------------------------------------------------------------------------------------- evaluate
 @torch.no_grad()
 def evaluate(config: TrainConfig, model: nn.Module, data: TrainingData, ctx: DistributedContext,
@@ -185,7 +178,6 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
     data_generator = torch.Generator().manual_seed(config.seed)
     steps = steps_per_epoch(len(data.train_labels), config.batch_size)
     total_steps = steps * config.epochs
-    margin = margin_schedule(config, total_steps)
     state = RunState(rows=[])
     if config.resume:
         checkpoint = load_checkpoint(out / CHECKPOINT)
@@ -193,7 +185,6 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
         optimizer.load_state_dict(checkpoint["optimizer"])
         data_generator.set_state(checkpoint["data_generator"])
         set_rng_state(checkpoint["rng"])
-        margin.load_state_dict(checkpoint["margin"])
         state = RunState(**checkpoint["run"])
     net = distribute(model, ctx)
     device_name = provenance.device_name(ctx.device)
@@ -219,13 +210,12 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
             images, labels = images.to(ctx.device), labels.to(ctx.device)
             with autocast(config, ctx.device):
                 output = net(images, labels)
-                loss = total_loss(config, output, images, labels, margin.margin)
+                loss = total_loss(config, output, images, labels, spread_margin_at(config, done))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            margin.step()
             state.step += 1
             loss_sum += loss.item() * len(labels)
             correct += (output.activations.detach().argmax(dim=1) == labels).sum().item()
@@ -240,7 +230,7 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
         bar.close()
         state.train_seconds += epoch_seconds
         loss_sum, correct, seen = sum_across_ranks([loss_sum, correct, seen], ctx.device)
-        test_accuracy, test_loss = evaluate(config, model, data, ctx, margin.margin)
+        test_accuracy, test_loss = evaluate(config, model, data, ctx, spread_margin_at(config, done))
         state.epoch += 1
         state.wall_seconds += time.perf_counter() - wall_start
         row = {"epoch": state.epoch, "step": state.step, "epochs_trained": state.step * config.batch_size /
@@ -251,7 +241,7 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
                "timestamp": provenance.timestamp(), **static}
         state.rows.append(row)
         if ctx.is_main:
-            save_run(out, model, optimizer, margin, data_generator, state)
+            save_run(out, model, optimizer, data_generator, state)
             tqdm.write(f"epoch {state.epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
                        f"test acc {test_accuracy:.4f} (error {100 * (1 - test_accuracy):.2f}%) | "
                        f"{row['samples_per_s']:.0f} samples/s | {epoch_seconds:.1f} s", file=sys.stdout)
@@ -259,10 +249,11 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
     return pd.DataFrame(state.rows)
 
 
-def save_run(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, margin: capsules.SpreadMarginSchedule,
-             data_generator: torch.Generator, state: RunState) -> None:
-    """Checkpoint first, then the table (both atomic): the table never gets ahead of a checkpoint."""
-    save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "margin": margin.state_dict(),
+def save_run(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, data_generator: torch.Generator,
+             state: RunState) -> None:
+    """Checkpoint first, then the table (both atomic): the table never gets ahead of a checkpoint. The schedules
+    (learning rate, spread margin) are functions of the saved step and training time, so they need no state."""
+    save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "data_generator": data_generator.get_state(), "rng": rng_state(), "run": vars(state)},
                     out / CHECKPOINT)
     write_csv_atomic(pd.DataFrame(state.rows), out / METRICS)

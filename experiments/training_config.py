@@ -51,7 +51,7 @@ class TrainConfig:
     loss: str = "margin"  # margin (Sabour et al.) or spread (Hinton et al.)
     spread_margin_start: float = 0.2
     spread_margin_end: float = 0.9
-    spread_margin_fraction: float = 0.5  # spread margin reaches its end value after this share of the planned steps
+    spread_margin_fraction: float = 0.5  # spread margin reaches its end value after this share of training
     reconstruction_weight: float = 0.0005  # 0 turns the decoder's loss off
     # data
     max_shift: int = 2  # MNIST training shift in pixels
@@ -88,11 +88,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 2000 steps (the authors' released settings as reported by public re-implementations), batch 32, no decoder.
     "matrix-capsnet": dict(dataset="smallnorb", optimizer="adam", lr=3e-3, schedule="exponential", decay_rate=0.96,
                            decay_steps=2000, batch_size=32, loss="spread", reconstruction_weight=0.0, epochs=50),
-    # The compact CPU model: chosen for accuracy within a short CPU budget (stated in the README's table).
+    # The compact CPU model: chosen for accuracy within a short CPU budget (stated in the README's table); its loss
+    # follows the routing (ROUTING_LOSS).
     "compact": dict(dataset="mnist", optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="onecycle",
-                    warmup_fraction=0.15, batch_size=128, loss="margin", reconstruction_weight=0.0, max_shift=2,
-                    epochs=15),
+                    warmup_fraction=0.15, batch_size=128, reconstruction_weight=0.0, max_shift=2, epochs=15),
 }
+# The loss of each routing's paper, for presets that leave the loss open: EM routing's activations start near 0.5,
+# where the spread loss (which scores differences between activations) learns much faster than the margin loss.
+ROUTING_LOSS = {"dynamic": "margin", "em": "spread"}
 
 
 def preset_for(model: str) -> dict[str, Any]:
@@ -110,6 +113,7 @@ def build_config(**overrides: Any) -> TrainConfig:
         raise ValueError(f"unknown training option(s) {unknown}")
     model = overrides.get("model") or TrainConfig.model
     values = {**preset_for(model), **{k: v for k, v in overrides.items() if v is not None}}
+    values.setdefault("loss", ROUTING_LOSS.get(values.get("routing", TrainConfig.routing), TrainConfig.loss))
     config = TrainConfig(**values)
     validate(config)
     return config

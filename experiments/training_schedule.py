@@ -1,4 +1,4 @@
-"""Learning-rate schedules as pure functions of the step and of training progress.
+"""Learning-rate and spread-margin schedules as pure functions of the step and of training progress.
 
 Being functions of counters that the checkpoint saves (step, training time), they resume exactly with no state of
 their own. Progress runs from 0 to 1: the share of the planned steps done, or, under a time budget, the larger of
@@ -40,3 +40,10 @@ def lr_at(config: TrainConfig, step: int, done: float) -> float:
         return start + (lr - start) * done / warmup
     fraction = (done - warmup) / (1 - warmup)
     return low + (lr - low) * 0.5 * (1 + math.cos(math.pi * fraction))
+
+
+def spread_margin_at(config: TrainConfig, done: float) -> float:
+    """Spread-loss margin at progress `done`: linear from spread_margin_start to spread_margin_end over the first
+    spread_margin_fraction of training, then held (Hinton et al. 2018 grow it from 0.2 to 0.9)."""
+    ramp = min(1.0, done / config.spread_margin_fraction)
+    return config.spread_margin_start + (config.spread_margin_end - config.spread_margin_start) * ramp

@@ -10,6 +10,7 @@ from experiments.compare_accuracy import PAPER_PAIRS, main, planned_runs, result
 from experiments.tables import read_csv
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/mnist"
+NARROW = ["--model-option", "channels=[16,32,32]", "--model-option", "types=4"]  # the compact model, narrower
 RESULT_COLUMNS = {"routing", "model", "dataset", "params", "epochs", "test_accuracy", "best_test_accuracy",
                   "wall_time_s", "train_time_s", "samples_per_s", "device", "git_commit", "budget"}
 
@@ -19,7 +20,7 @@ def compared(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("compare")
     argv = ["--model", "compact", "--data-root", str(MNIST_DIR), "--train-subset", "128", "--test-subset", "100",
             "--batch-size", "64", "--epochs", "1", "--no-progress", "--out-dir", str(root / "runs"),
-            "--results", str(root / "accuracy.csv")]
+            "--results", str(root / "accuracy.csv"), *NARROW]
     assert main(argv) == 0
     return root
 
@@ -38,7 +39,7 @@ def test_one_row_per_routing_with_the_results_columns(compared):
 def test_rerunning_replaces_rows_and_regenerates_the_markdown(compared):
     argv = ["--model", "compact", "--routings", "dynamic", "--data-root", str(MNIST_DIR), "--train-subset", "128",
             "--test-subset", "100", "--batch-size", "64", "--epochs", "1", "--no-progress", "--resume",
-            "--out-dir", str(compared / "runs"), "--results", str(compared / "accuracy.csv")]
+            "--out-dir", str(compared / "runs"), "--results", str(compared / "accuracy.csv"), *NARROW]
     assert main(argv) == 0  # --resume: the finished run is read back, not trained again
     results = read_csv(compared / "accuracy.csv")
     assert len(results) == len(routing.available())

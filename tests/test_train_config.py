@@ -6,7 +6,7 @@ import pytest
 
 from experiments.train import parse_args
 from experiments.training_config import PRESETS, TrainConfig, add_arguments, build_config, parse_model_options
-from experiments.training_schedule import lr_at, progress
+from experiments.training_schedule import lr_at, progress, spread_margin_at
 
 
 def test_papers_defaults_per_model_family():
@@ -19,6 +19,13 @@ def test_papers_defaults_per_model_family():
     assert (matrix.dataset, matrix.loss, matrix.spread_margin_start, matrix.spread_margin_end) == \
         ("smallnorb", "spread", 0.2, 0.9)
     assert matrix.reconstruction_weight == 0.0
+
+
+def test_compact_model_takes_the_loss_of_its_routings_paper_unless_told():
+    assert build_config(model="compact", routing="dynamic").loss == "margin"
+    assert build_config(model="compact", routing="em").loss == "spread"
+    assert build_config(model="compact", routing="em", loss="margin").loss == "margin"
+    assert build_config(model="capsnet", routing="em").loss == "margin"  # the preset fixes it
 
 
 def test_a_variant_takes_its_family_preset_and_options_override_it():
@@ -76,3 +83,11 @@ def test_progress_follows_steps_or_the_clock_whichever_is_further():
     timed = build_config(model="compact", time_budget_min=2.0)
     assert progress(timed, 25, 100, train_seconds=90.0) == 0.75
     assert progress(timed, 25, 100, train_seconds=600.0) == 1.0
+
+
+def test_spread_margin_grows_from_start_to_end_then_stays():
+    config = build_config(model="matrix-capsnet", spread_margin_fraction=0.5)
+    assert spread_margin_at(config, 0.0) == pytest.approx(0.2)
+    assert spread_margin_at(config, 0.25) == pytest.approx(0.55)
+    assert spread_margin_at(config, 0.5) == pytest.approx(0.9)
+    assert spread_margin_at(config, 1.0) == pytest.approx(0.9)
