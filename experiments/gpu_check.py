@@ -16,6 +16,7 @@ the script runs, not when this module loads). On --smoke nothing is written to t
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 import traceback
@@ -259,7 +260,7 @@ def sections() -> dict[str, Callable[[Report], None]]:
     """Section name -> run(report). Another op's check plugs in with one entry, for example
     `"em": importlib.import_module("experiments.gpu_check_em").run`: imported here, when the script runs, so
     that module may import this one (for Report) without an import cycle."""
-    return {"dynamic": run_dynamic}
+    return {"dynamic": run_dynamic, "em": importlib.import_module("experiments.gpu_check_em").run}
 
 
 def main(argv: list[str] | None = None) -> int:
