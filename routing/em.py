@@ -91,15 +91,16 @@ def em_forward(
     mu: Tensor,
     var: Tensor,
     logit: Tensor,
+    work: Tensor,
 ) -> None:
     """EM routing of one chunk of n rows (whole samples when child_index [P, I] is given).
 
     V [n, J, I, D] parent-major votes; a [n, 1, I] child activations; beta_u, beta_a [1, J] or [1, 1].
     Writes, per iteration t: R [T, n, J, I] (the assignments R^t its M-step uses), mu and var [T, n, J, D]
-    (var including min_var) and logit [T, n, J] (a_j = sigmoid(logit)).
+    (var including min_var) and logit [T, n, J] (a_j = sigmoid(logit)). work [n, J, I, D]: scratch space.
     """
     n, J, I, D = V.shape
-    X = torch.empty_like(V)  # V - mu, then squared in place
+    X = work  # V - mu, then squared in place
     R_t = V.new_full((n, J, I), 1.0 / J)
     for t, lam in enumerate(lambdas):
         R[t] = R_t
@@ -141,11 +142,13 @@ class _EMRoutingFunction(torch.autograd.Function):
         logit = votes.new_empty((T, N, J), dtype=dtype)
         bu, ba = beta_u.to(dtype).view(1, -1), beta_a.to(dtype).view(1, -1)
         group = 1 if child_index is None else child_index.shape[0]
-        for rows in row_chunks(N, votes_row_bytes(votes, dtype), group, EM_CHUNK_BYTES):
+        chunks = row_chunks(N, votes_row_bytes(votes, dtype), group, EM_CHUNK_BYTES)
+        work = votes.new_empty((chunks[0].stop, J, I, D), dtype=dtype)  # reused by every chunk
+        for rows in chunks:
             V = parent_major(votes[rows], dtype)
             a = child_activations(activations, rows, V)
             em_forward(V, a, bu, ba, lambdas, min_var, eps, child_index, R[:, rows], mu[:, rows], var[:, rows],
-                       logit[:, rows])
+                       logit[:, rows], work[: V.shape[0]])
         ctx.save_for_backward(votes, activations, beta_u, child_index, R, mu, var, logit)
         ctx.settings = (lambdas, eps)
         ctx.beta_a_size = beta_a.numel()
@@ -171,15 +174,18 @@ class _EMRoutingFunction(torch.autograd.Function):
         if activations is not None and ctx.needs_input_grad[1]:
             grad_act = torch.empty_like(activations)
         grad_bu, grad_ba = R.new_zeros(N, J), R.new_zeros(N, J)
-        for rows in row_chunks(N, votes_row_bytes(votes, dtype), group, EM_CHUNK_BYTES):
+        chunks = row_chunks(N, votes_row_bytes(votes, dtype), group, EM_CHUNK_BYTES)
+        work = R.new_empty((3, chunks[0].stop, J, I, D))  # scratch and, for other layouts, the gradient's chunk
+        for rows in chunks:
             V = parent_major(votes[rows], dtype)
+            n = V.shape[0]
             a = child_activations(activations, rows, V)
             target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [n, J, I, D]
             direct = target is not None and target.is_contiguous() and target.dtype == dtype
-            gV = target if direct else (None if target is None else torch.empty_like(V))
+            gV = target if direct else (None if target is None else work[2, :n])
             g_a, grad_bu[rows], grad_ba[rows] = em_backward(
                 V, a, R[:, rows], mu[:, rows], var[:, rows], logit[:, rows], bu, lambdas, g_mu[rows], g_logit[rows],
-                None if g_R is None else g_R[rows], child_index, groups, eps, gV)
+                None if g_R is None else g_R[rows], child_index, groups, eps, gV, work[:2, :n])
             if target is not None and not direct:
                 target.copy_(gV)
             if grad_act is not None:
