@@ -20,7 +20,7 @@ from torch import Tensor
 
 from routing.registry import register
 from routing.chunking import row_chunks, votes_row_bytes
-from routing.memory import empty_like_on_huge_pages
+from routing.memory import empty_like_on_huge_pages, new_empty_on_huge_pages
 from routing.result import RoutingResult
 from routing.router import Router
 from routing.squash import SQUASH_EPS, squash, squash_backward
@@ -126,7 +126,7 @@ class _DynamicRoutingFunction(torch.autograd.Function):
     def forward(ctx, votes: Tensor, activations: Tensor | None, iterations: int, detach_inner: bool, eps: float):
         dtype = compute_dtype(votes.dtype)
         B, I, J, D = votes.shape
-        couplings = votes.new_empty((iterations, B, J, I), dtype=dtype)
+        couplings = new_empty_on_huge_pages(votes, (iterations, B, J, I), dtype)
         sums = votes.new_empty((iterations, B, J, D), dtype=dtype)
         for rows in row_chunks(B, votes_row_bytes(votes, dtype)):
             u = parent_major(votes[rows], dtype)

@@ -55,3 +55,11 @@ def empty_like_on_huge_pages(x: Tensor, dtype: torch.dtype | None = None) -> Ten
     out = torch.empty_like(x, dtype=dtype)
     advise_huge_pages(out)
     return out
+
+
+def new_empty_on_huge_pages(x: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """x.new_empty(shape, dtype=dtype) with huge pages advised (for large buffers written once, such as the
+    iterations' statistics a routing forward saves)."""
+    out = x.new_empty(shape, dtype=dtype)
+    advise_huge_pages(out)
+    return out
