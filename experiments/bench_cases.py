@@ -120,7 +120,7 @@ CASES: dict[str, Case] = {
     case.name: case
     for case in (
         Case("routing", routing_step, (8, 32)),
-        Case("capsule-linear", capsule_linear, (32, 128)),
+        Case("capsule-linear", capsule_linear, (16, 64)),
         Case("conv-caps", conv_caps, (4, 16)),
     )
 }

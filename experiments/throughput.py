@@ -254,7 +254,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"of {', '.join(PROVIDERS)} (default: all on CUDA; torch and triton on CPU)")
     parser.add_argument("--modes", nargs="+", default=list(defaults.modes), help=f"of {', '.join(MODES)}")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
-                        help="default: per case (routing 8 32, capsule-linear 32 128, conv-caps 4 16)")
+                        help="default: per case (routing 8 32, capsule-linear 16 64, conv-caps 4 16)")
     parser.add_argument("--iterations", nargs="+", type=int, default=list(defaults.iterations))
     parser.add_argument("--dtypes", nargs="+", default=list(defaults.dtypes), help=f"of {', '.join(DTYPES)}")
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed calls per row on the CPU")

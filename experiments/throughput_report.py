@@ -10,9 +10,10 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from experiments.bench_cases import MODES  # noqa: E402
+from experiments.bench_cases import CASES, MODES  # noqa: E402
 
 PROVIDER_ORDER = ("torch", "torch-compile", "triton")
+PROVIDER_STYLES = {"torch": ("-", "o"), "torch-compile": ("--", "s"), "triton": (":", "^")}  # line, marker
 INDEX = ["case", "routing", "dtype", "iterations", "x_value"]
 
 # The public implementations' forward + backward times (REFERENCE.md, measured side by side on a 2-core CPU with
@@ -52,7 +53,10 @@ def pivot_markdown(rows: pd.DataFrame) -> str:
     columns = [(p, m) for p in providers for m in MODES if (p, m) in present]
     table = table[columns].fillna("")
     table.columns = [f"{p} {m}" for p, m in columns]
-    table = table.reset_index().rename(columns={"x_value": "batch"})
+    case_order = {name: n for n, name in enumerate(CASES)}
+    table = table.reset_index().sort_values(
+        INDEX, key=lambda col: col.map(case_order).fillna(len(case_order)) if col.name == "case" else col,
+        kind="stable").rename(columns={"x_value": "batch"})
     text = table.to_markdown(index=False)
     if notes:
         text += "\n\n" + "\n".join(f"[{n}] {note}" for note, n in notes.items())
@@ -101,37 +105,40 @@ def results_markdown(table: pd.DataFrame) -> str:
 
 
 def save_plot(rows: pd.DataFrame, path: Path) -> bool:
-    """Median time (20-80% band) against batch size, one line per provider (and dtype / iterations when several),
-    one panel per (case, routing) row and mode column, log-log. Returns False (no file) when nothing was timed."""
+    """Median time (20-80% band) against batch size, log-log: one panel per case (rows) and mode (columns), one
+    line per routing and provider (and dtype / iterations when several). Returns False (no file) when nothing
+    was timed."""
     ok = rows[rows["status"] == "ok"]
     if ok.empty:
         return False
-    groups = sorted(ok.groupby(["case", "routing"]).groups)
+    cases = [c for c in CASES if c in set(ok["case"])] + sorted(set(ok["case"]) - set(CASES))
     modes = [m for m in MODES if m in set(ok["mode"])]
-    fig, axes = plt.subplots(len(groups), len(modes), figsize=(4.2 * len(modes), 3.2 * len(groups)),
-                             squeeze=False)
-    variants = ok[["dtype", "iterations"]].drop_duplicates()
-    for r, (case, name) in enumerate(groups):
+    several = len(ok[["dtype", "iterations"]].drop_duplicates()) > 1
+    colours = {name: f"C{n}" for n, name in enumerate(dict.fromkeys(ok["routing"]))}  # one colour per routing
+    fig, axes = plt.subplots(len(cases), len(modes), figsize=(4.6 * len(modes), 3.4 * len(cases)), squeeze=False)
+    for r, case in enumerate(cases):
         for c, mode in enumerate(modes):
             ax = axes[r][c]
-            panel = ok[(ok["case"] == case) & (ok["routing"] == name) & (ok["mode"] == mode)]
-            for (provider, dtype, iterations), line in panel.groupby(["provider", "dtype", "iterations"]):
+            panel = ok[(ok["case"] == case) & (ok["mode"] == mode)]
+            for (name, provider, dtype, iterations), line in panel.groupby(["routing", "provider", "dtype",
+                                                                             "iterations"]):
                 line = line.sort_values("x_value")
-                label = provider if len(variants) == 1 else f"{provider} {dtype} T={iterations}"
-                ax.plot(line["x_value"], line["median"], marker="o", label=label)
-                ax.fill_between(line["x_value"], line["q20"], line["q80"], alpha=0.25)
+                label = f"{name}, {provider}" + (f", {dtype}, T={iterations}" if several else "")
+                linestyle, marker = PROVIDER_STYLES.get(provider, ("-.", "x"))
+                ax.plot(line["x_value"], line["median"], color=colours[name], linestyle=linestyle, marker=marker,
+                        label=label)
+                ax.fill_between(line["x_value"], line["q20"], line["q80"], color=colours[name], alpha=0.15)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_title(f"{case}, {name}: {mode}", fontsize=9)
+            ax.set_title(f"{case}: {mode}", fontsize=9)
             ax.set_xlabel("batch size")
-            ax.set_ylabel("ms per call")
+            ax.set_ylabel("ms per call (median, 20-80%)")
             ax.grid(True, which="both", alpha=0.3)
             if not panel.empty:
                 ax.legend(fontsize=7)
     fig.suptitle(str(ok["device"].iloc[0]), fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
-
