@@ -236,9 +236,11 @@ def _measure_provider(build, sweep: Sweep, device: torch.device, label: dict) ->
     try:
         runner = Runner(workload, provider, device)
     except Exception as error:
-        if provider != "torch-compile":
-            raise
-        return skipped(f"compile failed: {first_line(error)}")
+        if provider == "torch-compile":
+            return skipped(f"compile failed: {first_line(error)}")
+        if provider == "triton" and isinstance(error, ValueError):  # backend="triton" refuses, never falls back
+            return skipped(f"kernel refused the inputs: {first_line(error)}")
+        raise
     return [{"mode": mode, "shape": workload.shape, "status": "ok", "note": "",
              **measure(runner, mode, sweep, label["iterations"], label["x_value"]), "repeats": sweep.repeats}
             for mode in sweep.modes]
