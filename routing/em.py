@@ -152,7 +152,7 @@ class _EMRoutingFunction(torch.autograd.Function):
                        logit[:, rows], work[: V.shape[0]])
         ctx.save_for_backward(votes, activations, beta_u, child_index, R, mu, var, logit)
         ctx.settings = (lambdas, eps)
-        ctx.beta_a_size = beta_a.numel()
+        ctx.beta_a_like = (beta_a.numel(), beta_a.dtype)
         out = votes.dtype
         return mu[-1].to(out), torch.sigmoid(logit[-1]).to(out), R[-1].transpose(1, 2).to(out)
 
@@ -192,8 +192,9 @@ class _EMRoutingFunction(torch.autograd.Function):
             if grad_act is not None:
                 grad_act[rows] = g_a.squeeze(1)
         grad_beta_u = grad_bu.sum(0) if beta_u.numel() == J else grad_bu.sum().reshape(1)
-        grad_beta_a = grad_ba.sum(0) if ctx.beta_a_size == J else grad_ba.sum().reshape(1)
-        return (grad_votes, grad_act, grad_beta_u.to(beta_u.dtype), grad_beta_a.to(beta_u.dtype), None, None, None,
+        beta_a_size, beta_a_dtype = ctx.beta_a_like
+        grad_beta_a = grad_ba.sum(0) if beta_a_size == J else grad_ba.sum().reshape(1)
+        return (grad_votes, grad_act, grad_beta_u.to(beta_u.dtype), grad_beta_a.to(beta_a_dtype), None, None, None,
                 None)
 
 
