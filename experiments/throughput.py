@@ -23,7 +23,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,7 @@ PROVIDERS = ("torch", "torch-compile", "triton")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 KEY = ["case", "routing", "provider", "mode", "dtype", "iterations", "x_name", "x_value", "device"]
 COLUMNS = [*KEY[:-1], "shape", "status", "note", "median", "q20", "q80", "unit", "samples_per_s", "peak_mem_mb",
-           "gb_per_s", "copy_bw_fraction", "first_call_s", "repeats", "cpu_load", "device", "device_type", "torch", "triton",
+           "gb_per_s", "copy_bw_fraction", "first_call_s", "repeats", "cpu_ms", "cpu_load", "device", "device_type", "torch", "triton",
            "commit", "timestamp"]
 DEFAULT_CSV = RESULTS_DIR / "throughput.csv"
 
@@ -60,6 +60,7 @@ class Sweep:
     repeats: int = 3  # timed calls per row on the CPU (on a GPU do_bench decides)
     warmup: int = 0  # extra untimed calls before them; the first forward and backward calls always warm up
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    threads: int | None = None  # torch.set_num_threads for the sweep (None: torch's default); part of the device name
 
     def check(self) -> None:
         """Unknown names raise KeyError (listing what exists); bad numbers raise ValueError."""
@@ -79,6 +80,8 @@ class Sweep:
         for label, values in (("batch sizes", self.batch_sizes or (1,)), ("iterations", self.iterations)):
             if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
                 raise ValueError(f"{label} must be positive integers, got {list(values)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
         if not (self.cases and self.routings and self.modes and self.dtypes):
@@ -188,7 +191,7 @@ def measure(runner: Runner, mode: str, sweep: Sweep, iterations: int, batch: int
         "median": timing.median_ms, "q20": timing.q20_ms, "q80": timing.q80_ms, "unit": "ms",
         "samples_per_s": batch / median_s, "peak_mem_mb": peak / 2**20, "gb_per_s": gbps,
         "copy_bw_fraction": gbps / copy_bandwidth_gbps(device) if device.type == "cuda" else math.nan,
-        "first_call_s": first_call_s, "cpu_load": cpu_load(),
+        "first_call_s": first_call_s, "cpu_ms": timing.cpu_ms, "cpu_load": cpu_load(),
     }
 
 
@@ -196,6 +199,23 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> pd.DataFrame:
     """Measure every combination of `sweep`; one row per (case, routing, provider, mode, dtype, iterations,
     batch). Unavailable providers, cases that cannot be built and failed compilations give skipped rows."""
     sweep.check()
+    with cpu_threads(sweep.threads):
+        return _run(sweep, log)
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """torch.set_num_threads(threads) inside the block (nothing for None), restored after it."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(sweep: Sweep, log: Callable[[str], None]) -> pd.DataFrame:
     device = torch.device(sweep.device)
     providers = tuple(sweep.providers or default_providers(device))
     provenance = {"device": device_name(device), "device_type": device.type, **versions(), "commit": git_commit(), "timestamp": timestamp()}
@@ -263,6 +283,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=defaults.warmup,
                         help="extra untimed calls before them (CPU; the first calls, timed apart, always run)")
     parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); recorded in the device name")
     parser.add_argument("--out", type=Path, default=DEFAULT_CSV, help="CSV the rows are upserted into")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="markdown table of the whole CSV (default: the CSV path with .md)")
@@ -276,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     sweep = Sweep(cases=args.cases, routings=args.routings, providers=args.providers, modes=args.modes,
                   batch_sizes=args.batch_sizes, iterations=args.iterations, dtypes=args.dtypes,
-                  repeats=args.repeats, warmup=args.warmup, device=args.device)
+                  repeats=args.repeats, warmup=args.warmup, device=args.device, threads=args.threads)
     rows = run_sweep(sweep)
     table = upsert_csv(args.out, rows, key=KEY)
     print(pivot_markdown(rows))

@@ -2,7 +2,8 @@
 
 - Time: warm-up, then the median and 20% / 80% quantiles of repeated runs. On a GPU `triton.testing.do_bench`
   (its own warm-up of 25 ms, then about 100 ms of runs, caches flushed between runs); on the CPU a
-  `time.perf_counter` loop of `warmup` untimed then `repeats` timed calls.
+  `time.perf_counter` loop of `warmup` untimed then `repeats` timed calls, which also records the median process
+  CPU time per call (`time.process_time`, all threads).
 - Peak memory: the most bytes allocated at once during one call, above what was allocated before it (inputs and
   weights are not counted). GPU: `torch.cuda.max_memory_allocated`. CPU: the torch profiler's memory timeline
   (every tensor allocation and free recorded by the profiler); NaN when the profiler cannot give it.
@@ -25,11 +26,13 @@ QUANTILES = (0.5, 0.2, 0.8)
 
 @dataclass(frozen=True)
 class Timing:
-    """Milliseconds per call: median and 20% / 80% quantiles."""
+    """Milliseconds per call: median and 20% / 80% quantiles of wall time; on the CPU also the median process CPU
+    time (all threads): on a shared machine, wall time far above CPU time / threads means waiting for a core."""
 
     median_ms: float
     q20_ms: float
     q80_ms: float
+    cpu_ms: float = float("nan")
 
 
 def quantiles_ms(seconds: Sequence[float]) -> Timing:
@@ -49,12 +52,14 @@ def time_cpu(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     for _ in range(warmup):
         fn()
-    seconds = []
+    seconds, cpu_seconds = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         seconds.append(time.perf_counter() - start)
-    return quantiles_ms(seconds)
+        cpu_seconds.append(time.process_time() - cpu_start)
+    wall = quantiles_ms(seconds)
+    return Timing(wall.median_ms, wall.q20_ms, wall.q80_ms, 1000.0 * statistics.median(cpu_seconds))
 
 
 def time_cuda(fn: Callable[[], object], grad_to_none: Sequence[Tensor] | None = None) -> Timing:

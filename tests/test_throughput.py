@@ -36,6 +36,7 @@ def test_sweep_writes_table_with_stated_columns(tmp_path, capsys):
     assert timed["samples_per_s"].tolist() == pytest.approx((1000.0 / timed["median"]).tolist())
     assert (timed["peak_mem_mb"] > 0).all()  # the routing allocates at least its outputs
     assert timed["gb_per_s"].isna().all()  # GB/s is a GPU column
+    assert (timed["cpu_ms"] >= 0).all() and timed["cpu_load"].notna().all()
     printed = capsys.readouterr().out
     assert "| routing" in printed and "torch forward+backward" in printed
     assert (tmp_path / "throughput.md").read_text().count("| routing") >= 1
@@ -72,11 +73,21 @@ def test_unknown_names_raise_key_error_listing_choices(field, value):
         run_sweep(sweep)
 
 
+def test_threads_apply_to_the_sweep_only():
+    before = torch.get_num_threads()
+    rows = run_sweep(Sweep(cases=["routing"], routings=["dynamic"], providers=["torch"], modes=["forward"],
+                           batch_sizes=[1], repeats=1, device="cpu", threads=1), log=lambda _: None)
+    assert rows["device"].iloc[0].endswith("(1 threads)")
+    assert torch.get_num_threads() == before
+
+
 def test_bad_numbers_raise_value_error():
     with pytest.raises(ValueError, match="batch sizes"):
         Sweep(batch_sizes=[0]).check()
     with pytest.raises(ValueError, match="repeats"):
         Sweep(repeats=0).check()
+    with pytest.raises(ValueError, match="threads"):
+        Sweep(threads=0).check()
 
 
 def test_failed_compile_is_a_skipped_row(monkeypatch):
