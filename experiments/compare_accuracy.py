@@ -15,9 +15,12 @@ model, routing, dataset, device, budget), from which experiments/results/accurac
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -92,9 +95,23 @@ def compare(runs: list[tuple[str, str, str]], overrides: dict, out_dir: Path, re
         rows.append(summarize(config, table, load_before, os.getloadavg()[0]))
         write_csv_atomic(pd.DataFrame(rows), out_dir / "comparison.csv")
         if results is not None:
-            upsert_csv(results, rows[-1:], key=RESULTS_KEY)
-            write_results_markdown(results)
+            with locked(results):
+                upsert_csv(results, rows[-1:], key=RESULTS_KEY)
+                write_results_markdown(results)
     return pd.DataFrame(rows)
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder of `path` (no lock file left behind): comparisons running side by side
+    upsert one at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # closing releases the lock
 
 
 def results_markdown(table: pd.DataFrame) -> str:

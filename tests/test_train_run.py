@@ -78,6 +78,13 @@ def test_a_finished_run_resumes_to_the_same_table(tmp_path):
     pd.testing.assert_frame_equal(first, again)
 
 
+@pytest.mark.parametrize("routing_name", routing.available())
+def test_bf16_autocast_option_trains(tmp_path, routing_name):
+    table = train(small_run(tmp_path, f"amp-{routing_name}", routing=routing_name, train_subset=128, amp=True))
+    assert table["config_amp"].tolist() == [True]
+    assert torch.isfinite(torch.tensor(table[["train_loss", "test_loss"]].to_numpy())).all()
+
+
 def test_smallnorb_run_on_written_files_completes(tmp_path):
     root = tmp_path / "smallnorb"
     write_split(root, train=True, pairs=36, seed=1)
