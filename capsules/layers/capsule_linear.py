@@ -18,8 +18,8 @@ class CapsuleLinear(nn.Module):
 
     pose="vector": votes u_hat_ij = W_ij u_i with W [in_caps, out_caps, out_dim, in_dim] (Sabour's DigitCaps:
     1152 x 10 x 16 x 8, no bias). pose="matrix": 4x4 pose matrices (in_dim = out_dim = 16), votes
-    V_ij = M_i W_ij with W [in_caps, out_caps, 4, 4] (Hinton 2018). Votes are one batched matrix product,
-    written parent-major for the router (capsules.layers.votes).
+    V_ij = M_i W_ij with W [in_caps, out_caps, 4, 4] (Hinton 2018). Votes are one batched matrix product over
+    children (capsules.layers.votes), handed to the router in the layout the product writes.
 
     routing: a name from `routing.available()`; routing_options go to `routing.create` (for example
     iterations=3, backend="torch"); EM routing also gets out_caps=out_caps (beta_u, beta_a per parent).

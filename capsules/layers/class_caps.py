@@ -69,7 +69,7 @@ class ClassCaps(nn.Module):
         nn.init.normal_(self.weight, std=1 / math.sqrt(self.in_dim if self.pose == "vector" else 4))
 
     def votes(self, poses: Tensor) -> Tensor:
-        """poses [B, H, W, in_types, in_dim] -> votes [B, H*W*in_types, out_caps, out_dim] (parent-major memory),
+        """poses [B, H, W, in_types, in_dim] -> votes [B, H*W*in_types, out_caps, out_dim] (contiguous),
         coordinates added when coordinate_addition is on."""
         B, H, W, T, _ = poses.shape
         grid = poses.reshape(B, H * W, T, self.in_dim)
@@ -79,7 +79,7 @@ class ClassCaps(nn.Module):
         offsets = votes.new_zeros(H * W, T, self.out_dim)
         coordinates = scaled_coordinates(H, W, votes.device, votes.dtype)  # [H*W, 2]
         offsets[:, :, list(COORDINATE_SLOTS[self.pose])] = coordinates[:, None]
-        return (votes.transpose(1, 2) + offsets.view(H * W * T, self.out_dim)).transpose(1, 2)
+        return votes + offsets.view(H * W * T, 1, self.out_dim)
 
     def forward(self, poses: Tensor, activations: Tensor | None = None) -> tuple[Tensor, Tensor]:
         expect_shape(poses, (None, None, None, self.in_types, self.in_dim), "[B, H, W, in_types, in_dim]",

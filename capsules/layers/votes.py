@@ -1,8 +1,11 @@
-"""Votes of child capsules for parent capsules, as batched matrix products laid out parent-major.
+"""Votes of child capsules for parent capsules, as batched matrix products without repeated weights.
 
-Every function returns votes [B, I, J, D] (child i's vote for parent j) whose memory is a contiguous
-[B, J, I, D] tensor: the routing backends work on parent-major votes, and a `.transpose(1, 2)` view of that
-layout reaches them without a copy. The weights are never repeated over the batch or over positions.
+Every function returns votes [B, I, J, D] (child i's vote for parent j) in the layout its batched product
+writes, with no extra pass to reorder them: the routing backends read the votes a cache-sized chunk of samples at
+a time and lay each chunk out parent-major themselves (routing.chunking), and write the votes' gradient in the
+votes' own layout, which the product's backward then reads without a copy. Measured on the shared 2-core CPU
+(dense 1152 x 8D -> 10 x 16D, batch 128, dynamic routing, forward + backward, interleaved runs, 1 thread): the
+product's own layout 598 ms against 691 ms for votes first copied to a contiguous [B, J, I, D].
 """
 
 from __future__ import annotations
@@ -12,29 +15,42 @@ from torch import Tensor
 
 
 def vector_votes(poses: Tensor, weight: Tensor) -> Tensor:
-    """u_hat[b, i, j] = W[i, j] @ u[b, i] for poses u [B, I, K] and weight W [I, J, D, K] -> votes [B, I, J, D]."""
-    return torch.einsum("ijdk,bik->bjid", weight, poses).contiguous().transpose(1, 2)
+    """u_hat[b, i, j] = W[i, j] @ u[b, i] for poses u [B, I, K] and weight W [I, J, D, K] -> votes [B, I, J, D].
+
+    One batched product over children, [I, B, K] @ [I, K, J*D]; the votes are a view of its [I, B, J, D] output.
+    """
+    I, J, D, K = weight.shape
+    B = poses.shape[0]
+    product = torch.bmm(poses.transpose(0, 1), weight.view(I, J * D, K).transpose(1, 2))  # [I, B, J*D]
+    return product.view(I, B, J, D).transpose(0, 1)
 
 
 def matrix_votes(poses: Tensor, weight: Tensor) -> Tensor:
-    """V[b, i, j] = M[b, i] @ W[i, j] for 4x4 poses M [B, I, 16] and weight W [I, J, 4, 4] -> votes [B, I, J, 16]."""
-    B, I, _ = poses.shape
-    J = weight.shape[1]
-    votes = torch.einsum("birc,ijce->bjire", poses.reshape(B, I, 4, 4), weight)
-    return votes.reshape(B, J, I, 16).transpose(1, 2)
+    """V[b, i, j] = M[b, i] @ W[i, j] for 4x4 poses M [B, I, 16] and weight W [I, J, 4, 4] -> votes [B, I, J, 16].
+
+    Row r of M W is row r of M times W, so the flattened vote is M (flattened) times kron(I_4, W): one batched
+    product over children, [I, B, 16] @ [I, 16, J*16], whose [I, B, J, 16] output needs no reordering, forward
+    or backward. Measured against the plain [I, B*4, 4] @ [I, 4, J*4] product plus the copy that puts each vote's
+    16 entries together (1 thread, shared 2-core CPU, votes forward + backward, min of 7 interleaved runs):
+    227 ms vs 487 ms at the ConvCaps shape N=512, I=144, J=16; 93 ms vs 87 ms at B=128, I=392, J=10.
+    """
+    I, J = weight.shape[:2]
+    B = poses.shape[0]
+    eye = torch.eye(4, dtype=weight.dtype, device=weight.device)
+    kron = torch.einsum("rs,ijce->ircjse", eye, weight).reshape(I, 16, J * 16)  # [I, (r, c), (j, s, e)]
+    return torch.bmm(poses.transpose(0, 1), kron).view(I, B, J, 16).transpose(0, 1)
 
 
 def shared_vector_votes(poses: Tensor, weight: Tensor) -> Tensor:
     """Transforms shared over positions: u [B, P, T, K], W [T, J, D, K] -> votes [B, P*T, J, D] (child = (p, t))."""
     B, P, T, _ = poses.shape
     J, D = weight.shape[1:3]
-    votes = torch.einsum("tjdk,bptk->bjptd", weight, poses)
-    return votes.reshape(B, J, P * T, D).transpose(1, 2)
+    return torch.einsum("bptk,tjdk->bptjd", poses, weight).reshape(B, P * T, J, D)
 
 
 def shared_matrix_votes(poses: Tensor, weight: Tensor) -> Tensor:
     """Transforms shared over positions: M [B, P, T, 16], W [T, J, 4, 4] -> votes [B, P*T, J, 16] (child = (p, t))."""
     B, P, T, _ = poses.shape
     J = weight.shape[1]
-    votes = torch.einsum("bptrc,tjce->bjptre", poses.reshape(B, P, T, 4, 4), weight)
-    return votes.reshape(B, J, P * T, 16).transpose(1, 2)
+    votes = torch.einsum("bptrc,tjce->bptjre", poses.reshape(B, P, T, 4, 4), weight)
+    return votes.reshape(B, P * T, J, 16)
