@@ -141,12 +141,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", default=str(RESULTS_CSV), help="CSV to upsert the rows into")
     parser.add_argument("--no-results", action="store_true", help="do not touch the results CSV")
     parser.add_argument("--resume", action="store_true", help="continue runs that have a checkpoint")
+    parser.add_argument("--print-results", action="store_true",
+                        help="print the results CSV as the README's markdown table and exit (trains nothing)")
     add_arguments(parser, skip=_SKIP)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.print_results:
+        print(results_markdown(read_csv(args.results)))
+        return 0
     routings = args.routings or routing.available()
     runs = planned_runs(args.model, routings, args.dataset, args.papers)
     results = None if args.no_results else Path(args.results)

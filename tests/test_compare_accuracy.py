@@ -36,7 +36,7 @@ def test_one_row_per_routing_with_the_results_columns(compared):
     assert (results["best_test_accuracy"] >= results["test_accuracy"]).all()
 
 
-def test_rerunning_replaces_rows_and_regenerates_the_markdown(compared):
+def test_rerunning_replaces_rows_and_regenerates_the_markdown(compared, capsys):
     argv = ["--model", "compact", "--routings", "dynamic", "--data-root", str(MNIST_DIR), "--train-subset", "128",
             "--test-subset", "100", "--batch-size", "64", "--epochs", "1", "--no-progress", "--resume",
             "--out-dir", str(compared / "runs"), "--results", str(compared / "accuracy.csv"), *NARROW]
@@ -46,6 +46,9 @@ def test_rerunning_replaces_rows_and_regenerates_the_markdown(compared):
     markdown = (compared / "accuracy.md").read_text()
     assert "| compact" in markdown
     assert results_markdown(results) in markdown
+    capsys.readouterr()
+    assert main(["--print-results", "--results", str(compared / "accuracy.csv")]) == 0
+    assert capsys.readouterr().out.strip() == results_markdown(results)
 
 
 def test_papers_pairs_are_added_once():
