@@ -41,8 +41,8 @@ PROVIDERS = ("torch", "torch-compile", "triton")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 KEY = ["case", "routing", "provider", "mode", "dtype", "iterations", "x_name", "x_value", "device"]
 COLUMNS = [*KEY[:-1], "shape", "status", "note", "median", "q20", "q80", "unit", "samples_per_s", "peak_mem_mb",
-           "gb_per_s", "copy_bw_fraction", "first_call_s", "repeats", "cpu_ms", "cpu_load", "device", "device_type", "torch", "triton",
-           "commit", "timestamp"]
+           "gb_per_s", "copy_bw_fraction", "first_call_s", "repeats", "cpu_ms", "cpu_load", "device", "device_type",
+           "torch", "triton", "commit", "timestamp"]
 DEFAULT_CSV = RESULTS_DIR / "throughput.csv"
 
 
@@ -218,7 +218,8 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
 def _run(sweep: Sweep, log: Callable[[str], None]) -> pd.DataFrame:
     device = torch.device(sweep.device)
     providers = tuple(sweep.providers or default_providers(device))
-    provenance = {"device": device_name(device), "device_type": device.type, **versions(), "commit": git_commit(), "timestamp": timestamp()}
+    provenance = {"device": device_name(device), "device_type": device.type, **versions(), "commit": git_commit(),
+                  "timestamp": timestamp()}
     rows = []
     torch.manual_seed(0)
     with routing.finite_checks(False):

@@ -135,4 +135,5 @@ def test_layer_cases_run_for_every_routing():
     assert len(rows) == 4
     assert (rows["status"] == "ok").all(), rows[["case", "routing", "note"]]
     assert (rows["median"] > 0).all()
-    assert rows.set_index("case").loc["conv-caps", "shape"].tolist() == ["poses [1, 6, 6, 16, 16] -> [1, 4, 4, 16, 16]"] * 2
+    conv_shapes = rows.set_index("case").loc["conv-caps", "shape"].tolist()
+    assert conv_shapes == ["poses [1, 6, 6, 16, 16] -> [1, 4, 4, 16, 16]"] * 2
