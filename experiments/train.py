@@ -202,8 +202,8 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
         bar = tqdm(train_batches(data, config.batch_size, data_generator, ctx.rank, ctx.world_size), total=steps,
                    desc=f"epoch {state.epoch + 1}", disable=not (config.progress and ctx.is_main), leave=False,
                    file=sys.stdout, dynamic_ncols=True)
-        for images, labels in bar:
-            start = time.perf_counter()
+        tick = time.perf_counter()
+        for images, labels in bar:  # each step's time includes making its batch
             lr = lr_at(config, state.step, done)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -220,7 +220,8 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
             loss_sum += loss.item() * len(labels)
             correct += (output.activations.detach().argmax(dim=1) == labels).sum().item()
             seen += len(labels)
-            epoch_seconds += time.perf_counter() - start
+            now = time.perf_counter()
+            epoch_seconds, tick = epoch_seconds + now - tick, now
             train_seconds = main_rank_value(state.train_seconds + epoch_seconds, ctx.device)
             done = progress(config, state.step, total_steps, train_seconds)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
