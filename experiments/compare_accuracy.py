@@ -131,14 +131,14 @@ def write_results_markdown(results: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default="compact", help="architecture trained with every routing")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="compact", help="architecture trained with every routing (compact)")
     parser.add_argument("--routings", nargs="+", default=None, help="default: every registered routing")
-    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--dataset", default="mnist", help="dataset of --model's runs (mnist)")
     parser.add_argument("--papers", action="store_true", help="also train the papers' own model/routing pairs")
-    parser.add_argument("--out-dir", default="runs/compare", help="one run folder per pair under it")
-    parser.add_argument("--results", default=str(RESULTS_CSV), help="CSV to upsert the rows into")
+    parser.add_argument("--out-dir", default="runs/compare", help="one run folder per pair under it (runs/compare)")
+    parser.add_argument("--results", default=str(RESULTS_CSV),
+                        help="CSV to upsert the rows into (experiments/results/accuracy.csv)")
     parser.add_argument("--no-results", action="store_true", help="do not touch the results CSV")
     parser.add_argument("--resume", action="store_true", help="continue runs that have a checkpoint")
     parser.add_argument("--print-results", action="store_true",

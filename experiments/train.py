@@ -262,8 +262,7 @@ def save_run(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, data
 
 # ------------------------------------------------------------------------------------------- command line
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return build_config(**overrides_from_args(parser.parse_args(argv)))
 

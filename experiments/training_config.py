@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -26,22 +28,22 @@ class TrainConfig:
 
     model: str = "capsnet"  # a name from capsules.models()
     routing: str = "dynamic"  # a name from routing.available()
-    dataset: str = "mnist"  # one of DATASETS; smallnorb-azimuth/-elevation: train familiar, test novel views
+    dataset: str = "mnist"  # mnist, smallnorb, smallnorb-azimuth or -elevation (train familiar, test novel views)
     data_root: str | None = None  # folder with the dataset's files (default $CAPSULES_DATA/<dataset>)
     train_subset: int | None = None  # use the first N training images (None: all)
     test_subset: int | None = None  # use the first N test images (None: all)
-    routing_iterations: int = 3
+    routing_iterations: int = 3  # routing iterations in every routed layer
     routing_backend: str = "auto"  # routing backend: auto, torch, triton
     model_options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for create_model
     # optimisation
-    epochs: int = 50
+    epochs: int = 50  # epochs to train (the most, under a time budget)
     time_budget_min: float | None = None  # stop after this much training time; the schedule then follows the clock
     batch_size: int = 128  # global batch (split across DDP ranks)
-    eval_batch_size: int = 500
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "exponential"  # one of SCHEDULES
+    eval_batch_size: int = 500  # batch size of the test-set evaluation after every epoch
+    optimizer: str = "adam"  # adam or adamw
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.0  # L2 penalty (adam) or decoupled weight decay (adamw)
+    schedule: str = "exponential"  # exponential, onecycle, cosine or constant
     decay_rate: float = 0.96  # exponential: lr * decay_rate ** (step / decay_steps)
     decay_steps: int = 2000
     warmup_fraction: float = 0.2  # onecycle: share of training spent ramping up to lr
@@ -49,15 +51,15 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the gradient's global norm (None: no clipping)
     # loss
     loss: str = "margin"  # margin (Sabour et al.) or spread (Hinton et al.)
-    spread_margin_start: float = 0.2
-    spread_margin_end: float = 0.9
+    spread_margin_start: float = 0.2  # spread-loss margin at the start
+    spread_margin_end: float = 0.9  # spread-loss margin at the end of its ramp
     spread_margin_fraction: float = 0.5  # spread margin reaches its end value after this share of training
     reconstruction_weight: float = 0.0005  # 0 turns the decoder's loss off
     # data
     max_shift: int = 2  # MNIST training shift in pixels
     smallnorb_view: str | None = None  # None (stereo pair, 2 channels), "left" or "right"
     # run
-    seed: int = 0
+    seed: int = 0  # seeds the model, the data order and the augmentation
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:1
     amp: bool = False  # bf16 autocast (meant for GPUs)
     threads: int | None = None  # torch CPU threads (None: torch's default)
@@ -148,14 +150,23 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"--smallnorb-view must be left or right, got {config.smallnorb_view!r}")
 
 
+def field_help() -> dict[str, str]:
+    """Each TrainConfig field's trailing comment in the source above (the one place options are described)."""
+    pattern = re.compile(r"^\s+(\w+): [^#]*#\s*(.*)$")
+    return {m.group(1): m.group(2) for line in inspect.getsource(TrainConfig).splitlines()
+            if (m := pattern.match(line))}
+
+
 def add_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     """One option per TrainConfig field (except `skip`), all defaulting to None (= the preset's value)."""
+    described = field_help()
     for f in fields(TrainConfig):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = f"(default: {default!r}, or the model's preset)"
+        preset = "; model presets may change it" if any(f.name in p for p in PRESETS.values()) else ""
+        shown = f"{described.get(f.name, '')} (default: {default!r}{preset})".strip()
         if f.name == "model_options":
             parser.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
                                 help="extra create_model keyword argument, VALUE parsed as JSON if it can be; "

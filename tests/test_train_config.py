@@ -36,11 +36,13 @@ def test_a_variant_takes_its_family_preset_and_options_override_it():
     assert config.model_options == {"width": 8, "name": "x"}
 
 
-def test_every_field_has_an_option():
+def test_every_field_has_a_described_option():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    destinations = {action.dest for action in parser._actions}
-    assert {f for f in TrainConfig.__dataclass_fields__} <= destinations
+    options = {action.dest: action.help for action in parser._actions}
+    assert {f for f in TrainConfig.__dataclass_fields__} <= set(options)
+    undescribed = [name for name, text in options.items() if text.startswith("(default")]
+    assert not undescribed
 
 
 @pytest.mark.parametrize("options, message", [
