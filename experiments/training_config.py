@@ -45,7 +45,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # L2 penalty (adam) or decoupled weight decay (adamw)
     schedule: str = "exponential"  # exponential, onecycle, cosine or constant
     decay_rate: float = 0.96  # exponential: lr * decay_rate ** (step / decay_steps)
-    decay_steps: int = 2000
+    decay_steps: int = 2000  # exponential: steps per decay_rate factor
     warmup_fraction: float = 0.2  # onecycle: share of training spent ramping up to lr
     final_lr_fraction: float = 0.0  # onecycle/cosine: lr at the end, as a fraction of lr
     grad_clip: float | None = None  # clip the gradient's global norm (None: no clipping)
@@ -64,7 +64,7 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast (meant for GPUs)
     threads: int | None = None  # torch CPU threads (None: torch's default)
     out_dir: str | None = None  # default runs/<model>-<routing>-<dataset>-seed<seed>
-    resume: bool = False
+    resume: bool = False  # continue the run in out_dir from its checkpoint
     progress: bool = True  # tqdm bar per epoch
 
     def run_name(self) -> str:
