@@ -211,6 +211,9 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
             with autocast(config, ctx.device):
                 output = net(images, labels)
                 loss = total_loss(config, output, images, labels, spread_margin_at(config, done))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss.item()} at step {state.step + 1}; the checkpoint "
+                                         f"in {out} is the last good state (epoch {state.epoch})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:

@@ -85,6 +85,12 @@ def test_bf16_autocast_option_trains(tmp_path, routing_name):
     assert torch.isfinite(torch.tensor(table[["train_loss", "test_loss"]].to_numpy())).all()
 
 
+def test_a_non_finite_loss_stops_the_run_with_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "total_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(FloatingPointError, match="training loss is nan at step 1"):
+        train(small_run(tmp_path, "nan", routing="dynamic", train_subset=64))
+
+
 def test_smallnorb_run_on_written_files_completes(tmp_path):
     root = tmp_path / "smallnorb"
     write_split(root, train=True, pairs=36, seed=1)
