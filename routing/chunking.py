@@ -16,9 +16,17 @@ import torch
 CHUNK_BYTES = 4 * 2**20
 
 
-def row_chunks(rows: int, row_bytes: int, group: int = 1, budget: int | None = None) -> list[slice]:
+def row_chunks(
+    rows: int, row_bytes: int, group: int = 1, budget: int | None = None, device: torch.device | None = None
+) -> list[slice]:
     """Slices covering range(rows), each a multiple of `group` rows (rows of one sample stay together) and
-    about `budget` bytes (CHUNK_BYTES when None; at least one group). `rows` must be a multiple of `group`."""
+    about `budget` bytes (CHUNK_BYTES when None; at least one group). `rows` must be a multiple of `group`.
+
+    Only CPU work is chunked: on a GPU (`device` not a CPU) the whole batch is one chunk, since small chunks
+    there would only add kernel launches (and make the PyTorch baseline of the GPU benchmarks unfairly slow).
+    """
+    if device is not None and torch.device(device).type != "cpu":
+        return [slice(0, rows)]
     budget = CHUNK_BYTES if budget is None else budget
     per_chunk = max(1, budget // max(1, row_bytes * group)) * group
     return [slice(start, min(start + per_chunk, rows)) for start in range(0, rows, per_chunk)]

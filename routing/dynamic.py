@@ -128,7 +128,7 @@ class _DynamicRoutingFunction(torch.autograd.Function):
         B, I, J, D = votes.shape
         couplings = new_empty_on_huge_pages(votes, (iterations, B, J, I), dtype)
         sums = votes.new_empty((iterations, B, J, D), dtype=dtype)
-        for rows in row_chunks(B, votes_row_bytes(votes, dtype)):
+        for rows in row_chunks(B, votes_row_bytes(votes, dtype), device=votes.device):
             u = parent_major(votes[rows], dtype)
             a = None if activations is None else activations[rows].to(dtype).unsqueeze(1)
             _route_forward(u, a, iterations, eps, couplings[:, rows], sums[:, rows])
@@ -154,7 +154,7 @@ class _DynamicRoutingFunction(torch.autograd.Function):
         grad_act = None
         if activations is not None and ctx.needs_input_grad[1]:
             grad_act = torch.empty_like(activations)
-        for rows in row_chunks(votes.shape[0], votes_row_bytes(votes, dtype)):
+        for rows in row_chunks(votes.shape[0], votes_row_bytes(votes, dtype), device=votes.device):
             u = parent_major(votes[rows], dtype)
             a = None if activations is None else activations[rows].to(dtype).unsqueeze(1)
             target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [b, J, I, D]

@@ -143,7 +143,7 @@ class _EMRoutingFunction(torch.autograd.Function):
         logit = votes.new_empty((T, N, J), dtype=dtype)
         bu, ba = beta_u.to(dtype).view(1, -1), beta_a.to(dtype).view(1, -1)
         group = 1 if child_index is None else child_index.shape[0]
-        chunks = row_chunks(N, votes_row_bytes(votes, dtype), group, EM_CHUNK_BYTES)
+        chunks = row_chunks(N, votes_row_bytes(votes, dtype), group, EM_CHUNK_BYTES, votes.device)
         work = votes.new_empty((chunks[0].stop, J, I, D), dtype=dtype)  # reused by every chunk
         for rows in chunks:
             V = parent_major(votes[rows], dtype)
@@ -175,7 +175,7 @@ class _EMRoutingFunction(torch.autograd.Function):
         if activations is not None and ctx.needs_input_grad[1]:
             grad_act = torch.empty_like(activations)
         grad_bu, grad_ba = R.new_zeros(N, J), R.new_zeros(N, J)
-        chunks = row_chunks(N, votes_row_bytes(votes, dtype), group, EM_CHUNK_BYTES)
+        chunks = row_chunks(N, votes_row_bytes(votes, dtype), group, EM_CHUNK_BYTES, votes.device)
         work = R.new_empty((3, chunks[0].stop, J, I, D))  # scratch and, for other layouts, the gradient's chunk
         for rows in chunks:
             V = parent_major(votes[rows], dtype)
