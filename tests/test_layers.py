@@ -58,6 +58,13 @@ def test_matrix_votes_match_loops():
     assert_close(votes, want, **F64, what="matrix votes")
 
 
+def test_votes_gradients_match_finite_differences():
+    u, W = randn(3, 5, 4).requires_grad_(), randn(5, 2, 6, 4, seed=1).requires_grad_()
+    assert torch.autograd.gradcheck(vector_votes, (u, W))
+    M, Wm = randn(3, 5, 16).requires_grad_(), randn(5, 2, 4, 4, seed=1).requires_grad_()
+    assert torch.autograd.gradcheck(matrix_votes, (M, Wm))
+
+
 @pytest.mark.parametrize("pose", ["vector", "matrix"])
 def test_shared_votes_use_one_transform_per_type_at_every_position(pose):
     B, P, T, J = 2, 3, 4, 5
