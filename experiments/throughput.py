@@ -58,7 +58,7 @@ class Sweep:
     iterations: Sequence[int] = (3,)
     dtypes: Sequence[str] = ("float32",)
     repeats: int = 3  # timed calls per row on the CPU (on a GPU do_bench decides)
-    warmup: int = 0  # extra untimed calls before them; the first forward and backward calls always warm up
+    warmup: int | None = None  # untimed calls before them; None: until a call is no longer 20% faster
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     threads: int | None = None  # torch.set_num_threads for the sweep (None: torch's default); part of the device name
 
@@ -82,7 +82,7 @@ class Sweep:
                 raise ValueError(f"{label} must be positive integers, got {list(values)}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
-        if self.repeats < 1 or self.warmup < 0:
+        if self.repeats < 1 or (self.warmup is not None and self.warmup < 0):
             raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
         if not (self.cases and self.routings and self.modes and self.dtypes):
             raise ValueError("cases, routings, modes and dtypes must each name at least one value")
@@ -282,7 +282,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtypes", nargs="+", default=list(defaults.dtypes), help=f"of {', '.join(DTYPES)}")
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed calls per row on the CPU")
     parser.add_argument("--warmup", type=int, default=defaults.warmup,
-                        help="extra untimed calls before them (CPU; the first calls, timed apart, always run)")
+                        help="untimed calls before them on the CPU (default: until a call is no longer 20%% faster "
+                             "than the one before, at most 8)")
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); recorded in the device name")

@@ -1,8 +1,8 @@
 """Timing, peak memory and copy bandwidth for the throughput comparison.
 
 - Time: warm-up, then the median and 20% / 80% quantiles of repeated runs. On a GPU `triton.testing.do_bench`
-  (its own warm-up of 25 ms, then about 100 ms of runs, caches flushed between runs); on the CPU a
-  `time.perf_counter` loop of `warmup` untimed then `repeats` timed calls, which also records the median process
+  (its own warm-up of 25 ms, then about 100 ms of runs, caches flushed between runs); on the CPU untimed calls
+  until they stop getting faster (`settle`, or a fixed number), then a `time.perf_counter` loop of `repeats` calls, which also records the median process
   CPU time per call (`time.process_time`, all threads).
 - Peak memory: the most bytes allocated at once during one call, above what was allocated before it (inputs and
   weights are not counted). GPU: `torch.cuda.max_memory_allocated`. CPU: the torch profiler's memory timeline
@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -46,11 +47,14 @@ def quantiles_ms(seconds: Sequence[float]) -> Timing:
     return Timing(statistics.median(ms), cuts[1], cuts[7])
 
 
-def time_cpu(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
-    """`warmup` untimed calls, then the median and quantiles of `repeats` timed calls."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
-    for _ in range(warmup):
+def time_cpu(fn: Callable[[], object], repeats: int, warmup: int | None = None) -> Timing:
+    """Warm-up (`warmup` untimed calls, or `settle` when None), then the median and quantiles of `repeats` timed
+    calls."""
+    if repeats < 1 or (warmup is not None and warmup < 0):
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0 or None, got repeats={repeats}, warmup={warmup}")
+    if warmup is None:
+        settle(fn)
+    for _ in range(warmup or 0):
         fn()
     seconds, cpu_seconds = [], []
     for _ in range(repeats):
@@ -60,6 +64,21 @@ def time_cpu(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
         cpu_seconds.append(time.process_time() - cpu_start)
     wall = quantiles_ms(seconds)
     return Timing(wall.median_ms, wall.q20_ms, wall.q80_ms, 1000.0 * statistics.median(cpu_seconds))
+
+
+def settle(fn: Callable[[], object], max_calls: int = 8, speedup: float = 0.8) -> int:
+    """Call `fn` until a call is no longer 20% faster than the one before (at most `max_calls`); returns the
+    number of calls. The CPU backends' first calls are slow (buffers first touched, allocator caches filled):
+    CapsuleLinear B=128 forward+backward took 8.2 s, 4.4 s, then 0.24 s per call on the 2-core CPU."""
+    previous = math.inf
+    for calls in range(1, max_calls + 1):
+        start = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= speedup * previous:
+            return calls
+        previous = elapsed
+    return max_calls
 
 
 def time_cuda(fn: Callable[[], object], grad_to_none: Sequence[Tensor] | None = None) -> Timing:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from experiments import throughput
+from experiments import throughput, throughput_timing
 from experiments.bench_cases import bytes_moved
 from experiments.tables import read_csv
 from experiments.throughput import KEY, Sweep, run_sweep
@@ -108,6 +108,18 @@ def test_bytes_moved_model():
     assert bytes_moved(100, 3, "forward+backward") == 700
     with pytest.raises(ValueError, match="mode"):
         bytes_moved(100, 3, "sideways")
+
+
+def test_settle_stops_when_calls_stop_getting_faster(monkeypatch):
+    durations = iter([8.0, 4.0, 0.25, 0.24, 0.24, 0.24])
+    clock = {"now": 0.0}
+    monkeypatch.setattr(throughput_timing.time, "perf_counter", lambda: clock["now"])
+
+    def call():
+        clock["now"] += next(durations)
+
+    assert throughput_timing.settle(call) == 4
+    assert throughput_timing.settle(lambda: None, max_calls=3) == 2  # equal times: settled at the second call
 
 
 def test_quantiles():
