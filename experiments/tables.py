@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+
+from experiments.atomic import atomic_write
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -15,18 +16,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write `frame` to `path` through a temporary file in the same folder and a rename: readers see the old
     table or the new one, never half a file, whatever happens mid-write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            frame.to_csv(handle, index=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        frame.to_csv(handle, index=False)
 
 
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from experiments.atomic import atomic_write
 
 
 def rng_state() -> dict[str, Any]:
@@ -45,18 +46,8 @@ def seed_everything(seed: int) -> None:
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """torch.save `state` to `path` through a temporary file and a rename (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, binary=True) as handle:
+        torch.save(state, handle)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
