@@ -13,7 +13,14 @@ architecture. Datasets live in the subpackage `capsules.datasets` (imported on u
 from capsules import losses, models
 from capsules.layers import CapsuleLinear, ClassCaps, ConvCaps, PrimaryCaps, ReconstructionDecoder
 from capsules.losses import SpreadMarginSchedule, margin_loss, reconstruction_loss, spread_loss
-from capsules.models import CapsuleOutput, UnknownModelError, available_models, create_model, register_model
+from capsules.models import (
+    CapsuleOutput,
+    UnknownModelError,
+    available_models,
+    create_model,
+    model_options,
+    register_model,
+)
 
 __all__ = [
     "CapsuleLinear",
@@ -28,6 +35,7 @@ __all__ = [
     "create_model",
     "losses",
     "margin_loss",
+    "model_options",
     "models",
     "reconstruction_loss",
     "register_model",

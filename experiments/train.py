@@ -17,7 +17,6 @@ epoch counter, so a resumed run matches an uninterrupted one on the same machine
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import signal
 import sys
@@ -70,7 +69,7 @@ def check_names(config: TrainConfig) -> None:
 def build_model(config: TrainConfig, data: TrainingData) -> nn.Module:
     """capsules.create_model sized for the dataset (channels, classes, and image size where the model takes one),
     with the routing, its iterations and backend, and a decoder only when the reconstruction loss is on."""
-    accepted = inspect.signature(capsules.models.registry._models[config.model]).parameters
+    accepted = capsules.model_options(config.model)
     options = dict(in_channels=data.channels, classes=data.classes,
                    routing_options={"iterations": config.routing_iterations, "backend": config.routing_backend})
     if "image_size" in accepted:

@@ -18,7 +18,13 @@ from capsules.models.capsnet import CapsNet
 from capsules.models.compact import CompactCapsNet
 from capsules.models.matrix_capsnet import MatrixCapsNet
 from capsules.models.output import CapsuleOutput
-from capsules.models.registry import UnknownModelError, available_models, create_model, register_model
+from capsules.models.registry import (
+    UnknownModelError,
+    available_models,
+    create_model,
+    model_options,
+    register_model,
+)
 
 __all__ = [
     "CapsNet",
@@ -28,6 +34,7 @@ __all__ = [
     "UnknownModelError",
     "available_models",
     "create_model",
+    "model_options",
     "register_model",
 ]
 

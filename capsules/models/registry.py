@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -36,6 +37,13 @@ def register_model(name: str) -> Callable[[F], F]:
 def available_models() -> list[str]:
     """The registered model names."""
     return sorted(_models)
+
+
+def model_options(name: str) -> list[str]:
+    """The keyword arguments model `name`'s constructor accepts (for command lines that pass options through)."""
+    if name not in _models:
+        raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(available_models()) or '(none)'}")
+    return [p for p in inspect.signature(_models[name]).parameters if p != "self"]
 
 
 def create_model(name: str, routing: str | None = None, **kwargs: Any) -> nn.Module:
