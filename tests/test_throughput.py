@@ -24,7 +24,8 @@ def run_main(tmp_path, *args):
 
 
 def test_sweep_writes_table_with_stated_columns(tmp_path, capsys):
-    table = run_main(tmp_path, "--cases", "routing", "--routings", "dynamic", "em", "--providers", "torch", "triton")
+    table = run_main(tmp_path, "--cases", "routing", "--routings", "dynamic", "em", "--providers", "torch", "triton",
+                     "--modes", "forward", "backward", "forward+backward")
     stated = KEY + ["median", "q20", "q80", "unit", "samples_per_s", "peak_mem_mb", "first_call_s", "torch",
                     "triton", "commit", "timestamp", "status", "note"]
     assert set(stated) <= set(table.columns)
@@ -44,9 +45,10 @@ def test_sweep_writes_table_with_stated_columns(tmp_path, capsys):
 
 
 def test_triton_on_cpu_is_a_skipped_row_with_a_note():
-    rows = run_sweep(Sweep(cases=["routing"], routings=["dynamic"], providers=["triton"], batch_sizes=[1],
-                           repeats=1, device="cpu"), log=lambda _: None)
-    assert len(rows) == 3
+    sweep = Sweep(cases=["routing"], routings=["dynamic"], providers=["triton"], batch_sizes=[1], repeats=1,
+                  device="cpu")
+    rows = run_sweep(sweep, log=lambda _: None)
+    assert len(rows) == len(sweep.modes) == 2  # forward, forward+backward
     assert (rows["status"] == "skipped").all() and (rows["note"] == "needs CUDA").all()
     assert rows["median"].isna().all()
     from experiments.throughput_report import pivot_markdown
