@@ -9,7 +9,8 @@ Trains `--model` with each routing of `--routings` (default: every registered on
 each with its model family's defaults plus the options given (any `capsule-train` option). Writes the comparison
 table (routing, model, dataset, parameters, best and final test accuracy, epochs, times, samples/s, device) to
 <out-dir>/comparison.csv, prints it as markdown, and upserts its rows into experiments/results/accuracy.csv (key:
-model, routing, dataset, device, budget), from which experiments/results/accuracy.md is regenerated.
+model, model_options, routing, dataset, device, budget, seed), from which experiments/results/accuracy.md is
+regenerated.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ from experiments.training_config import TrainConfig, add_arguments, build_config
 # (model, routing, dataset) the papers trained.
 PAPER_PAIRS = (("capsnet", "dynamic", "mnist"), ("matrix-capsnet", "em", "smallnorb"))
 RESULTS_CSV = RESULTS_DIR / "accuracy.csv"
-RESULTS_KEY = ("model", "routing", "dataset", "device", "budget")
+# A rerun of the same experiment replaces its row; a different budget, width or seed adds one.
+RESULTS_KEY = ("model", "model_options", "routing", "dataset", "device", "budget", "seed")
 # Columns of the README's and accuracy.md's table, in order.
-SUMMARY_COLUMNS = ["model", "routing", "dataset", "params", "budget", "epochs", "test_accuracy", "best_test_accuracy",
+SUMMARY_COLUMNS = ["model", "model_options", "routing", "dataset", "params", "budget", "epochs", "test_accuracy",
+                   "best_test_accuracy",
                    "train_time_s", "wall_time_s", "samples_per_s", "device", "load_avg_1m", "git_commit"]
 _SKIP = ("model", "routing", "dataset", "out_dir", "resume")
 
