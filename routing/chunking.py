@@ -11,9 +11,11 @@ from __future__ import annotations
 import torch
 
 # Votes bytes per chunk. Measured on a 2-core AMD EPYC (32 MiB L3 shared with other jobs): dynamic routing at
-# B=128, I=1152, J=10, D=16 ran fastest with chunks of 4 to 8 samples (3 to 6 MiB); 1 sample per chunk pays the
-# Python overhead of many small ops, and 32 samples (24 MiB) no longer stay in the cache.
-CHUNK_BYTES = 4 * 2**20
+# B=128, I=1152, J=10, D=16 (1 thread) ran fastest with chunks of 4 to 8 samples (3 to 6 MiB); 1 sample per
+# chunk pays the Python overhead of many small ops, and 32 samples (24 MiB) no longer stay in the cache. With
+# 2 threads and the fused dense layer (routing.linear_fusion), forward + backward, medians of 7: 2 MiB 139-142 ms,
+# 4 MiB 108-127, 6 MiB 102-106, 8 MiB 99-126, 12 MiB 115, 16 MiB 110-120 (the machine's noise is +-15%).
+CHUNK_BYTES = 8 * 2**20
 
 
 def row_chunks(

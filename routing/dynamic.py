@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from routing.linear_fusion import fusable
 from routing.registry import register
 from routing.chunking import row_chunks, votes_row_bytes
 from routing.memory import empty_like_on_huge_pages, new_empty_on_huge_pages
@@ -96,14 +97,16 @@ def _route_backward(
             right[:, :, k] = squash(s, eps=eps)
             k += 1
         gs = squash_backward(s, gv, eps)
-        gw = agreement(u, gs)  # <grad_s_j, u_ij>  [B, J, I]
         left[:, :, k] = c if a is None else c * a
         right[:, :, k] = gs
         k += 1
+        if r == first and a is None:
+            break  # b_0 = 0 is a constant; in detach_inner mode the couplings carry no gradient
+        gw = agreement(u, gs)  # <grad_s_j, u_ij>  [B, J, I]
         if a is not None:
             grad_a += (gw * c).sum(1, keepdim=True)
         if r == first:
-            break  # b_0 = 0 is a constant; in detach_inner mode the couplings carry no gradient
+            break
         gc = gw if a is None else gw * a
         if r == T - 1 and grad_c is not None:
             gc = gc + grad_c
@@ -115,6 +118,65 @@ def _route_backward(
     return product.view(B, J, I, D), grad_a
 
 
+def route_chunks(
+    votes: Tensor, activations: Tensor | None, iterations: int, eps: float, keep: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Route votes [B, I, J, D] (any strides) a cache-sized chunk of samples at a time.
+
+    Returns the couplings [T, B, J, I] and pre-squash sums [T, B, J, D] of every iteration (in float32 for
+    half-precision votes). `keep` (a contiguous [B, J, I, D] in the compute dtype, or None) receives the
+    parent-major votes, which the backward can then read without reordering them again."""
+    dtype = compute_dtype(votes.dtype)
+    B, I, J, D = votes.shape
+    couplings = new_empty_on_huge_pages(votes, (iterations, B, J, I), dtype)
+    sums = votes.new_empty((iterations, B, J, D), dtype=dtype)
+    for rows in row_chunks(B, votes_row_bytes(votes, dtype), device=votes.device):
+        u = parent_major(votes[rows], dtype) if keep is None else keep[rows].copy_(votes[rows].transpose(1, 2))
+        a = None if activations is None else activations[rows].to(dtype).unsqueeze(1)
+        _route_forward(u, a, iterations, eps, couplings[:, rows], sums[:, rows])
+    return couplings, sums
+
+
+def output_gradient(v: Tensor, length: Tensor, grad_v: Tensor | None, grad_length: Tensor | None) -> Tensor:
+    """Total gradient [B, J, D] of the squashed poses v, given those of v and of |v| (either may be None)."""
+    gv = torch.zeros_like(v) if grad_v is None else grad_v.to(v.dtype)
+    if grad_length is not None:
+        safe = torch.where(length > 0, length, torch.ones_like(length))
+        gv = gv + (grad_length.to(v.dtype) / safe).unsqueeze(-1) * v
+    return gv
+
+
+def route_backward_chunks(
+    votes: Tensor,
+    activations: Tensor | None,
+    couplings: Tensor,
+    sums: Tensor,
+    gv: Tensor,
+    gc: Tensor | None,
+    detach_inner: bool,
+    eps: float,
+    grad_votes: Tensor | None,
+    grad_act: Tensor | None,
+) -> None:
+    """The routing backward, a chunk of samples at a time: writes the gradient of the votes [B, I, J, D] into
+    grad_votes (any strides; it may be the votes' own memory, since each chunk is read before it is written)
+    and that of the activations [B, I] into grad_act (either may be None). gv [B, J, D] and gc [B, J, I] (or
+    None) are the gradients of the last iteration's squashed poses and couplings."""
+    dtype = sums.dtype
+    for rows in row_chunks(votes.shape[0], votes_row_bytes(votes, dtype), device=votes.device):
+        u = parent_major(votes[rows], dtype)
+        a = None if activations is None else activations[rows].to(dtype).unsqueeze(1)
+        target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [b, J, I, D]
+        direct = target is not None and target.is_contiguous() and target.dtype == dtype
+        grad_u, grad_a = _route_backward(u, a, couplings[:, rows], sums[:, rows], gv[rows],
+                                         None if gc is None else gc[rows], detach_inner, eps,
+                                         out=target if direct else None)
+        if target is not None and not direct:
+            target.copy_(grad_u)
+        if grad_act is not None:
+            grad_act[rows] = grad_a.squeeze(1)
+
+
 class _DynamicRoutingFunction(torch.autograd.Function):
     """(votes [B, I, J, D], activations [B, I] or None) -> (v [B, J, D], |v| [B, J], c [B, I, J]).
 
@@ -124,14 +186,7 @@ class _DynamicRoutingFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, votes: Tensor, activations: Tensor | None, iterations: int, detach_inner: bool, eps: float):
-        dtype = compute_dtype(votes.dtype)
-        B, I, J, D = votes.shape
-        couplings = new_empty_on_huge_pages(votes, (iterations, B, J, I), dtype)
-        sums = votes.new_empty((iterations, B, J, D), dtype=dtype)
-        for rows in row_chunks(B, votes_row_bytes(votes, dtype), device=votes.device):
-            u = parent_major(votes[rows], dtype)
-            a = None if activations is None else activations[rows].to(dtype).unsqueeze(1)
-            _route_forward(u, a, iterations, eps, couplings[:, rows], sums[:, rows])
+        couplings, sums = route_chunks(votes, activations, iterations, eps)
         v = squash(sums[-1], eps=eps)
         length = torch.linalg.vector_norm(v, dim=-1)
         ctx.save_for_backward(votes, activations, couplings, sums, v, length)
@@ -143,29 +198,14 @@ class _DynamicRoutingFunction(torch.autograd.Function):
     def backward(ctx, grad_v: Tensor | None, grad_length: Tensor | None, grad_c: Tensor | None):
         votes, activations, couplings, sums, v, length = ctx.saved_tensors
         detach_inner, eps = ctx.settings
-        dtype = v.dtype
-        gv = torch.zeros_like(v) if grad_v is None else grad_v.to(dtype)
-        if grad_length is not None:
-            safe = torch.where(length > 0, length, torch.ones_like(length))
-            gv = gv + (grad_length.to(dtype) / safe).unsqueeze(-1) * v
-        gc = None if grad_c is None else grad_c.to(dtype).transpose(1, 2)
+        gv = output_gradient(v, length, grad_v, grad_length)
+        gc = None if grad_c is None else grad_c.to(v.dtype).transpose(1, 2)
         # empty_like keeps the votes' strides: a parent-major caller gets a parent-major gradient, written in place
         grad_votes = empty_like_on_huge_pages(votes) if ctx.needs_input_grad[0] else None
         grad_act = None
         if activations is not None and ctx.needs_input_grad[1]:
             grad_act = torch.empty_like(activations)
-        for rows in row_chunks(votes.shape[0], votes_row_bytes(votes, dtype), device=votes.device):
-            u = parent_major(votes[rows], dtype)
-            a = None if activations is None else activations[rows].to(dtype).unsqueeze(1)
-            target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [b, J, I, D]
-            direct = target is not None and target.is_contiguous() and target.dtype == dtype
-            grad_u, grad_a = _route_backward(u, a, couplings[:, rows], sums[:, rows], gv[rows],
-                                             None if gc is None else gc[rows], detach_inner, eps,
-                                             out=target if direct else None)
-            if target is not None and not direct:
-                target.copy_(grad_u)
-            if grad_act is not None:
-                grad_act[rows] = grad_a.squeeze(1)
+        route_backward_chunks(votes, activations, couplings, sums, gv, gc, detach_inner, eps, grad_votes, grad_act)
         return grad_votes, grad_act, None, None, None
 
 
@@ -194,6 +234,15 @@ class DynamicRouting(Router):
     def route(self, votes: Tensor, activations: Tensor | None = None) -> RoutingResult:
         v, length, c = _DynamicRoutingFunction.apply(votes, activations, self.iterations, self.detach_inner, self.eps)
         return RoutingResult(v, length, c)
+
+    def route_linear(self, poses: Tensor, transforms: Tensor, activations: Tensor | None = None) -> RoutingResult:
+        """On the CPU the votes are fused into the routing (routing.dynamic_linear); elsewhere formed, then routed."""
+        from routing.dynamic_linear import route_linear  # (it builds on this module)
+
+        if self.routes_in_torch(poses) and fusable(poses, transforms, activations):
+            return RoutingResult(*route_linear(poses, transforms, activations, self.iterations, self.detach_inner,
+                                               self.eps))
+        return super().route_linear(poses, transforms, activations)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, iterations={self.iterations}, detach_inner={self.detach_inner}"

@@ -21,6 +21,8 @@ from routing.result import RoutingResult
 class DynamicRoutingTriton(DynamicRouting):
     """Sabour et al. 2017 routing by agreement in fused Triton kernels (options as DynamicRouting)."""
 
+    accelerated = True
+
     def route(self, votes: Tensor, activations: Tensor | None = None) -> RoutingResult:
         inputs = (votes,) if activations is None else (votes, activations)
         reason = kernel_unavailable_reason(*inputs, interpreter_ok=not self.fallback) or unsupported_reason(

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from routing.chunking import row_chunks, votes_row_bytes
 from routing.dynamic import agreement, check_iterations, compute_dtype, parent_major, weighted_sum
 from routing.em_backward import em_backward
+from routing.linear_fusion import fusable
 from routing.memory import empty_like_on_huge_pages, new_empty_on_huge_pages
 from routing.registry import register
 from routing.result import RoutingResult
@@ -35,10 +36,13 @@ from routing.router import Router
 LOG_2PI = math.log(2 * math.pi)
 
 # Votes bytes per chunk of rows. EM keeps about four chunk-sized buffers live (the votes, V - mu_{T-1},
-# (V - mu_t)^2 and the votes' gradient). Found by a sweep of 1..16 MiB at [512, 144, 16, 16], one thread, on a
-# 2-core AMD EPYC shared with other jobs: 2 MiB was fastest in both rounds (CPU time 403-435 ms vs 447-500 for
-# 4-8 MiB, 547-610 for 16 MiB and 461-525 for 1 MiB, where the per-chunk Python overhead shows).
-EM_CHUNK_BYTES = 2 * 2**20
+# (V - mu_t)^2 and the votes' gradient). A sweep of 1..16 MiB at [512, 144, 16, 16], one thread, on a 2-core AMD
+# EPYC shared with other jobs found 2 MiB fastest; with 2 threads and the fused layers (routing.linear_fusion),
+# forward + backward, medians of 7: the ConvCaps layer 6x6 -> 4x4, K=3, 16 -> 16 types, B=32 (2.4 MiB of votes
+# per sample) took 200-203 ms with 1 sample per chunk (<= 4 MiB), 177-181 with 2 or 3 (5-8 MiB), 183-190 with 4
+# (10 MiB), 221 at 20 MiB; EM routing alone at [512, 144, 16, 16] 175-235 ms at 2 MiB, 137-143 at 6 MiB; the
+# compact model's class layer (B=128, 196 -> 10) 48 ms at 2 MiB, 38-39 at 4-8 MiB.
+EM_CHUNK_BYTES = 6 * 2**20
 
 
 def inverse_temperatures(iterations: int, final_lambda: float) -> list[float]:
@@ -128,28 +132,83 @@ def em_forward(
             R_t = normalise_over_shared_children(log_num, child_index).exp()
 
 
+def em_route_chunks(votes, activations, beta_u, beta_a, child_index, lambdas, min_var, eps, keep=None):
+    """EM routing of votes [N, I, J, D] (any strides) a cache-sized chunk of rows at a time.
+
+    Returns R [T, N, J, I], mu and var [T, N, J, D] and logit [T, N, J] of every iteration (em_forward), in
+    float32 for half-precision votes. `keep` (a contiguous [N, J, I, D] in the compute dtype, or None) receives
+    the parent-major votes, which the backward can then read without reordering them again."""
+    dtype = compute_dtype(votes.dtype)
+    N, I, J, D = votes.shape
+    T = len(lambdas)
+    R = new_empty_on_huge_pages(votes, (T, N, J, I), dtype)
+    mu = votes.new_empty((T, N, J, D), dtype=dtype)
+    var = votes.new_empty((T, N, J, D), dtype=dtype)
+    logit = votes.new_empty((T, N, J), dtype=dtype)
+    bu, ba = beta_u.to(dtype).view(1, -1), beta_a.to(dtype).view(1, -1)
+    group = 1 if child_index is None else child_index.shape[0]
+    chunks = row_chunks(N, votes_row_bytes(votes, dtype), group, EM_CHUNK_BYTES, votes.device)
+    work = votes.new_empty((chunks[0].stop, J, I, D), dtype=dtype)  # reused by every chunk
+    for rows in chunks:
+        V = parent_major(votes[rows], dtype) if keep is None else keep[rows].copy_(votes[rows].transpose(1, 2))
+        a = child_activations(activations, rows, V)
+        em_forward(V, a, bu, ba, lambdas, min_var, eps, child_index, R[:, rows], mu[:, rows], var[:, rows],
+                   logit[:, rows], work[: V.shape[0]])
+    return R, mu, var, logit
+
+
+def em_backward_chunks(votes, activations, beta_u, child_index, R, mu, var, logit, lambdas, eps, grad_mu, grad_act,
+                       grad_R, grad_votes, grad_activations):
+    """The EM routing backward, a chunk of rows at a time, from the saved R, mu, var, logit [T, N, ...] and the
+    gradients of the outputs (mu [N, J, D], a_j [N, J], R [N, I, J]; any may be None). Writes the votes'
+    gradient into grad_votes (any strides; it may be the votes' own memory, since each chunk is read before it
+    is written) and the activations' into grad_activations (either may be None); returns the gradients of
+    beta_u and beta_a per row, [N, J] each."""
+    dtype = R.dtype
+    N, I, J, D = votes.shape
+    g_mu = torch.zeros_like(mu[-1]) if grad_mu is None else grad_mu.to(dtype)
+    act = torch.sigmoid(logit[-1])
+    g_logit = torch.zeros_like(act) if grad_act is None else grad_act.to(dtype) * act * (1 - act)
+    g_R = None if grad_R is None else grad_R.to(dtype).transpose(1, 2)
+    bu = beta_u.to(dtype).view(1, -1)
+    group = 1 if child_index is None else child_index.shape[0]
+    groups = 0 if child_index is None else int(child_index.max()) + 1
+    grad_bu, grad_ba = R.new_zeros(N, J), R.new_zeros(N, J)
+    chunks = row_chunks(N, votes_row_bytes(votes, dtype), group, EM_CHUNK_BYTES, votes.device)
+    work = R.new_empty((3, chunks[0].stop, J, I, D))  # scratch and, for other layouts, the gradient's chunk
+    for rows in chunks:
+        V = parent_major(votes[rows], dtype)
+        n = V.shape[0]
+        a = child_activations(activations, rows, V)
+        target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [n, J, I, D]
+        direct = target is not None and target.is_contiguous() and target.dtype == dtype
+        gV = target if direct else (None if target is None else work[2, :n])
+        g_a, grad_bu[rows], grad_ba[rows] = em_backward(
+            V, a, R[:, rows], mu[:, rows], var[:, rows], logit[:, rows], bu, lambdas, g_mu[rows], g_logit[rows],
+            None if g_R is None else g_R[rows], child_index, groups, eps, gV, work[:2, :n])
+        if target is not None and not direct:
+            target.copy_(gV)
+        if grad_activations is not None:
+            grad_activations[rows] = g_a.squeeze(1)
+    return grad_bu, grad_ba
+
+
+def beta_gradients(grad_bu: Tensor, grad_ba: Tensor, beta_u: Tensor, beta_a_like: tuple[int, torch.dtype]):
+    """Per-row gradients [N, J] summed into those of beta_u and beta_a (per parent type, or one shared)."""
+    J = grad_bu.shape[1]
+    grad_beta_u = grad_bu.sum(0) if beta_u.numel() == J else grad_bu.sum().reshape(1)
+    beta_a_size, beta_a_dtype = beta_a_like
+    grad_beta_a = grad_ba.sum(0) if beta_a_size == J else grad_ba.sum().reshape(1)
+    return grad_beta_u.to(beta_u.dtype), grad_beta_a.to(beta_a_dtype)
+
+
 class _EMRoutingFunction(torch.autograd.Function):
     """(votes [N, I, J, D], activations [N, I] or None, beta_u, beta_a [J] or [1], child_index [P, I] or None)
     -> (mu [N, J, D], a_j [N, J], R [N, I, J]), routed chunk by chunk; backward in routing/em_backward.py."""
 
     @staticmethod
     def forward(ctx, votes, activations, beta_u, beta_a, child_index, lambdas, min_var, eps):
-        dtype = compute_dtype(votes.dtype)
-        N, I, J, D = votes.shape
-        T = len(lambdas)
-        R = new_empty_on_huge_pages(votes, (T, N, J, I), dtype)
-        mu = votes.new_empty((T, N, J, D), dtype=dtype)
-        var = votes.new_empty((T, N, J, D), dtype=dtype)
-        logit = votes.new_empty((T, N, J), dtype=dtype)
-        bu, ba = beta_u.to(dtype).view(1, -1), beta_a.to(dtype).view(1, -1)
-        group = 1 if child_index is None else child_index.shape[0]
-        chunks = row_chunks(N, votes_row_bytes(votes, dtype), group, EM_CHUNK_BYTES, votes.device)
-        work = votes.new_empty((chunks[0].stop, J, I, D), dtype=dtype)  # reused by every chunk
-        for rows in chunks:
-            V = parent_major(votes[rows], dtype)
-            a = child_activations(activations, rows, V)
-            em_forward(V, a, bu, ba, lambdas, min_var, eps, child_index, R[:, rows], mu[:, rows], var[:, rows],
-                       logit[:, rows], work[: V.shape[0]])
+        R, mu, var, logit = em_route_chunks(votes, activations, beta_u, beta_a, child_index, lambdas, min_var, eps)
         ctx.save_for_backward(votes, activations, beta_u, child_index, R, mu, var, logit)
         ctx.settings = (lambdas, eps)
         ctx.beta_a_like = (beta_a.numel(), beta_a.dtype)
@@ -160,42 +219,15 @@ class _EMRoutingFunction(torch.autograd.Function):
     def backward(ctx, grad_mu, grad_act, grad_R):
         votes, activations, beta_u, child_index, R, mu, var, logit = ctx.saved_tensors
         lambdas, eps = ctx.settings
-        dtype = R.dtype
-        N, I, J, D = votes.shape
-        g_mu = torch.zeros_like(mu[-1]) if grad_mu is None else grad_mu.to(dtype)
-        act = torch.sigmoid(logit[-1])
-        g_logit = torch.zeros_like(act) if grad_act is None else grad_act.to(dtype) * act * (1 - act)
-        g_R = None if grad_R is None else grad_R.to(dtype).transpose(1, 2)
-        bu = beta_u.to(dtype).view(1, -1)
-        group = 1 if child_index is None else child_index.shape[0]
-        groups = 0 if child_index is None else int(child_index.max()) + 1
         # empty_like keeps the votes' strides: a parent-major caller gets a parent-major gradient, written in place
         grad_votes = empty_like_on_huge_pages(votes) if ctx.needs_input_grad[0] else None
-        grad_act = None
+        grad_activations = None
         if activations is not None and ctx.needs_input_grad[1]:
-            grad_act = torch.empty_like(activations)
-        grad_bu, grad_ba = R.new_zeros(N, J), R.new_zeros(N, J)
-        chunks = row_chunks(N, votes_row_bytes(votes, dtype), group, EM_CHUNK_BYTES, votes.device)
-        work = R.new_empty((3, chunks[0].stop, J, I, D))  # scratch and, for other layouts, the gradient's chunk
-        for rows in chunks:
-            V = parent_major(votes[rows], dtype)
-            n = V.shape[0]
-            a = child_activations(activations, rows, V)
-            target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [n, J, I, D]
-            direct = target is not None and target.is_contiguous() and target.dtype == dtype
-            gV = target if direct else (None if target is None else work[2, :n])
-            g_a, grad_bu[rows], grad_ba[rows] = em_backward(
-                V, a, R[:, rows], mu[:, rows], var[:, rows], logit[:, rows], bu, lambdas, g_mu[rows], g_logit[rows],
-                None if g_R is None else g_R[rows], child_index, groups, eps, gV, work[:2, :n])
-            if target is not None and not direct:
-                target.copy_(gV)
-            if grad_act is not None:
-                grad_act[rows] = g_a.squeeze(1)
-        grad_beta_u = grad_bu.sum(0) if beta_u.numel() == J else grad_bu.sum().reshape(1)
-        beta_a_size, beta_a_dtype = ctx.beta_a_like
-        grad_beta_a = grad_ba.sum(0) if beta_a_size == J else grad_ba.sum().reshape(1)
-        return (grad_votes, grad_act, grad_beta_u.to(beta_u.dtype), grad_beta_a.to(beta_a_dtype), None, None, None,
-                None)
+            grad_activations = torch.empty_like(activations)
+        grad_bu, grad_ba = em_backward_chunks(votes, activations, beta_u, child_index, R, mu, var, logit, lambdas, eps,
+                                              grad_mu, grad_act, grad_R, grad_votes, grad_activations)
+        grad_beta_u, grad_beta_a = beta_gradients(grad_bu, grad_ba, beta_u, ctx.beta_a_like)
+        return grad_votes, grad_activations, grad_beta_u, grad_beta_a, None, None, None, None
 
 
 def child_activations(activations: Tensor | None, rows: slice, V: Tensor) -> Tensor:
@@ -240,15 +272,16 @@ class EMRouting(Router):
         self.beta_u = nn.Parameter(torch.zeros(out_caps or 1))
         self.beta_a = nn.Parameter(torch.zeros(out_caps or 1))
 
-    def check_parents(self, votes: Tensor) -> None:
-        J = votes.shape[2]
-        if self.out_caps is not None and J != self.out_caps:
-            raise ValueError(f"em routing was built with out_caps={self.out_caps} but votes have J={J} parents")
+    def check_parents(self, parents: int) -> None:
+        """The votes' (or transforms') number of parents J must be out_caps when that was given."""
+        if self.out_caps is not None and parents != self.out_caps:
+            raise ValueError(f"em routing was built with out_caps={self.out_caps} but votes have J={parents} "
+                             "parents")
 
     def route(
         self, votes: Tensor, activations: Tensor | None = None, child_index: Tensor | None = None
     ) -> RoutingResult:
-        self.check_parents(votes)
+        self.check_parents(votes.shape[2])
         N, I, J, D = votes.shape
         if child_index is not None:
             child_index = check_child_index(child_index, N, I).to(votes.device)
@@ -256,6 +289,23 @@ class EMRouting(Router):
         mu, act, R = _EMRoutingFunction.apply(votes, activations, self.beta_u, self.beta_a, child_index, lambdas,
                                               self.min_var, self.eps)
         return RoutingResult(mu, act, R)
+
+    def route_linear(
+        self, poses: Tensor, transforms: Tensor, activations: Tensor | None = None,
+        child_index: Tensor | None = None,
+    ) -> RoutingResult:
+        """On the CPU the votes are fused into the routing (routing.em_linear); elsewhere formed, then routed."""
+        from routing.em_linear import route_linear  # (it builds on this module)
+
+        if not (self.routes_in_torch(poses) and fusable(poses, transforms, activations, self.beta_u, self.beta_a)):
+            return super().route_linear(poses, transforms, activations, child_index=child_index)
+        N, I = poses.shape[:2]
+        self.check_parents(transforms.shape[1])
+        if child_index is not None:
+            child_index = check_child_index(child_index, N, I).to(poses.device)
+        lambdas = inverse_temperatures(self.iterations, self.final_lambda)
+        return RoutingResult(*route_linear(poses, transforms, activations, self.beta_u, self.beta_a, child_index,
+                                           lambdas, self.min_var, self.eps))
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, iterations={self.iterations}, out_caps={self.out_caps}, "

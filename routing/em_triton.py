@@ -21,6 +21,8 @@ class EMRoutingTriton(EMRouting):
     other dtypes, J * D beyond the kernels' tile) fall back to the PyTorch backend when made with
     backend="auto" and raise a ValueError saying why when made with backend="triton"."""
 
+    accelerated = True
+
     def route(
         self, votes: Tensor, activations: Tensor | None = None, child_index: Tensor | None = None
     ) -> RoutingResult:
@@ -31,7 +33,7 @@ class EMRoutingTriton(EMRouting):
             if self.fallback:
                 return super().route(votes, activations, child_index)
             raise ValueError(f"em routing, backend 'triton': {reason}")
-        self.check_parents(votes)
+        self.check_parents(votes.shape[2])
         if child_index is not None:
             child_index = check_child_index(child_index, votes.shape[0], votes.shape[1])
         poses, acts, assignments = em_routing(

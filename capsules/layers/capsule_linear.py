@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from capsules.layers.checks import expect_pose_kind, expect_positive_ints, expect_shape
 from capsules.layers.routers import build_router
-from capsules.layers.votes import matrix_votes, vector_votes
+from capsules.layers.votes import matrix_transforms
 
 
 class CapsuleLinear(nn.Module):
@@ -18,8 +18,10 @@ class CapsuleLinear(nn.Module):
 
     pose="vector": votes u_hat_ij = W_ij u_i with W [in_caps, out_caps, out_dim, in_dim] (Sabour's DigitCaps:
     1152 x 10 x 16 x 8, no bias). pose="matrix": 4x4 pose matrices (in_dim = out_dim = 16), votes
-    V_ij = M_i W_ij with W [in_caps, out_caps, 4, 4] (Hinton 2018). Votes are one batched matrix product over
-    children (capsules.layers.votes), handed to the router in the layout the product writes.
+    V_ij = M_i W_ij with W [in_caps, out_caps, 4, 4] (Hinton 2018), routed as flattened poses with the transforms
+    kron(I_4, W_ij^T) (capsules.layers.votes.matrix_transforms). The router gets poses and transforms
+    (``router(poses, activations, transforms=T)``) and forms the votes as one batched matrix product over
+    children or, on the CPU, fuses them into its routing (routing.linear_fusion).
 
     routing: a name from `routing.available()`; routing_options go to `routing.create` (for example
     iterations=3, backend="torch"); EM routing also gets out_caps=out_caps (beta_u, beta_a per parent).
@@ -59,8 +61,8 @@ class CapsuleLinear(nn.Module):
         expect_shape(poses, (None, self.in_caps, self.in_dim), "[B, in_caps, in_dim]", "CapsuleLinear poses")
         if activations is not None:
             expect_shape(activations, (poses.shape[0], self.in_caps), "[B, in_caps]", "CapsuleLinear activations")
-        votes = (vector_votes if self.pose == "vector" else matrix_votes)(poses, self.weight)
-        result = self.router(votes, activations)
+        transforms = self.weight if self.pose == "vector" else matrix_transforms(self.weight)
+        result = self.router(poses, activations, transforms=transforms)  # forms the votes, or fuses them
         return result.poses, result.activations
 
     def extra_repr(self) -> str:

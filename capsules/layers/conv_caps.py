@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from capsules.layers.checks import expect_positive_ints, expect_shape
 from capsules.layers.routers import accepts_child_index, build_router
-from capsules.layers.votes import matrix_votes
+from capsules.layers.votes import matrix_transforms
 from capsules.layers.windows import extract_windows, window_child_index
 
 
@@ -18,7 +18,9 @@ class ConvCaps(nn.Module):
 
     A transform W [K, K, in_types, out_types, 4, 4] per (kernel position, child type, parent type) is shared by
     every window (no padding). The windows are strided views of the grid; their votes
-    [B*H'*W', K*K*in_types, out_types, 16] (rows: sample-major, window-minor) are routed in one call.
+    [B*H'*W', K*K*in_types, out_types, 16] (rows: sample-major, window-minor) are routed in one call, handed to
+    the router as the windows' poses and the transforms kron(I_4, W^T) (capsules.layers.votes.matrix_transforms),
+    so that on the CPU the router forms them inside its routing (routing.linear_fusion).
     Routers that take ``child_index`` (EM) normalise each child's assignments over every parent it feeds at every
     window, as the authors' code does; other routers (dynamic) route each window on its own, a child's couplings
     summing to 1 over the out_types parents of that window.
@@ -52,14 +54,14 @@ class ConvCaps(nn.Module):
         windows = extract_windows(poses, K, self.stride)  # [B, H', W', K, K, T, 16]
         Ho, Wo = windows.shape[1:3]
         children = K * K * T
-        votes = matrix_votes(windows.reshape(B * Ho * Wo, children, 16), self.weight.view(children, O, 4, 4))
+        transforms = matrix_transforms(self.weight.view(children, O, 4, 4))
         child_acts = None
         if activations is not None:
             child_acts = extract_windows(activations, K, self.stride).reshape(B * Ho * Wo, children)
         extra = {}
         if self.shares_children:
             extra["child_index"] = window_child_index(H, W, T, K, self.stride, device=poses.device)
-        result = self.router(votes, child_acts, **extra)
+        result = self.router(windows.reshape(B * Ho * Wo, children, 16), child_acts, transforms=transforms, **extra)
         return result.poses.reshape(B, Ho, Wo, O, 16), result.activations.reshape(B, Ho, Wo, O)
 
     def extra_repr(self) -> str:

@@ -6,10 +6,8 @@ a time and lay each chunk out parent-major themselves (routing.chunking), and wr
 votes' own layout, which the product's backward then reads without a copy. On the CPU the product is written
 to memory advised onto huge pages (routing.memory), saving a page fault per 4 KiB of a tensor written once.
 
-Measured on the shared 2-core CPU (dense 1152 x 8D -> 10 x 16D, batch 128, dynamic routing, forward + backward,
-interleaved runs): the product's own layout 598 ms against 691 ms for votes first copied to a contiguous
-[B, J, I, D] (1 thread, loaded machine); votes in cache-sized chunks written parent-major, 248 ms against 236 ms
-(2 threads); the product on huge pages 191 ms against 222 ms (2 threads, median of 7).
+The dense layer's product (vector_votes, batched_product) lives in routing.linear_votes, where the
+routers that fuse it with routing use it too.
 """
 
 from __future__ import annotations
@@ -17,43 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.memory import new_empty_on_huge_pages
-
-
-class _ProductOnHugePages(torch.autograd.Function):
-    """x [N, M, K] @ w [N, K, P] -> [N, M, P], the output on huge pages; backward as torch.bmm's."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor) -> Tensor:
-        out = new_empty_on_huge_pages(x, (x.shape[0], x.shape[1], w.shape[2]), x.dtype)
-        torch.bmm(x, w, out=out)
-        ctx.save_for_backward(x, w)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        x, w = ctx.saved_tensors
-        grad_x = torch.bmm(grad, w.transpose(1, 2)) if ctx.needs_input_grad[0] else None
-        grad_w = torch.bmm(x.transpose(1, 2), grad) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_w
-
-
-def batched_product(x: Tensor, w: Tensor) -> Tensor:
-    """torch.bmm(x, w) for x [N, M, K], w [N, K, P]; on the CPU (outside autocast) written to huge pages."""
-    if x.device.type == "cpu" and x.dtype == w.dtype and not torch.is_autocast_enabled("cpu"):
-        return _ProductOnHugePages.apply(x, w)
-    return torch.bmm(x, w)
-
-
-def vector_votes(poses: Tensor, weight: Tensor) -> Tensor:
-    """u_hat[b, i, j] = W[i, j] @ u[b, i] for poses u [B, I, K] and weight W [I, J, D, K] -> votes [B, I, J, D].
-
-    One batched product over children, [I, B, K] @ [I, K, J*D]; the votes are a view of its [I, B, J, D] output.
-    """
-    I, J, D, K = weight.shape
-    B = poses.shape[0]
-    product = batched_product(poses.transpose(0, 1), weight.view(I, J * D, K).transpose(1, 2))  # [I, B, J*D]
-    return product.view(I, B, J, D).transpose(0, 1)
+from routing.linear_votes import batched_product, vector_votes
 
 
 def matrix_votes(poses: Tensor, weight: Tensor) -> Tensor:
@@ -70,6 +32,15 @@ def matrix_votes(poses: Tensor, weight: Tensor) -> Tensor:
     eye = torch.eye(4, dtype=weight.dtype, device=weight.device)
     kron = torch.einsum("rs,ijce->ircjse", eye, weight).reshape(I, 16, J * 16)  # [I, (r, c), (j, s, e)]
     return batched_product(poses.transpose(0, 1), kron).view(I, B, J, 16).transpose(0, 1)
+
+
+def matrix_transforms(weight: Tensor) -> Tensor:
+    """The 4x4 transforms W [I, J, 4, 4] as the transforms [I, J, 16, 16] of flattened poses: the vote
+    M W flattened is T (M flattened) with T = kron(I_4, W^T), so ``router(poses, acts, transforms=T)`` routes
+    the votes of matrix_votes(poses, weight)."""
+    I, J = weight.shape[:2]
+    eye = torch.eye(4, dtype=weight.dtype, device=weight.device)
+    return torch.einsum("rs,ijce->ijresc", eye, weight).reshape(I, J, 16, 16)  # [i, j, (r, e), (s, c)]
 
 
 def shared_vector_votes(poses: Tensor, weight: Tensor) -> Tensor:

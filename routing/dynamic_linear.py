@@ -1,0 +1,61 @@
+"""Dynamic routing fused with the dense capsule layer's votes, for the CPU (see routing.linear_fusion).
+
+``route_linear(poses [B, I, K], transforms [I, J, D, K], activations [B, I] or None, ...)`` returns what
+dynamic routing of the votes u_ij = transforms[i, j] @ poses[b, i] returns, with gradients into the poses, the
+transforms and the activations, without the votes ever leaving the call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from routing.dynamic import output_gradient, route_backward_chunks, route_chunks
+from routing.linear_fusion import (
+    as_votes,
+    backward_buffers,
+    claim_parent_major,
+    poses_and_transforms_gradients,
+    votes_product,
+)
+from routing.squash import squash
+
+
+class _LinearDynamicRoutingFunction(torch.autograd.Function):
+    """(poses [B, I, K], transforms [I, J, D, K], activations [B, I] or None) -> (v [B, J, D], |v| [B, J],
+    c [B, I, J])."""
+
+    @staticmethod
+    def forward(ctx, poses: Tensor, transforms: Tensor, activations: Tensor | None, iterations: int,
+                detach_inner: bool, eps: float):
+        votes = as_votes(votes_product(poses, transforms), transforms)
+        kept, token = claim_parent_major(poses, transforms)
+        couplings, sums = route_chunks(votes, activations, iterations, eps, keep=kept)
+        v = squash(sums[-1], eps=eps)
+        length = torch.linalg.vector_norm(v, dim=-1)
+        ctx.save_for_backward(poses, transforms, activations, couplings, sums, v, length)
+        ctx.settings = (detach_inner, eps, token)
+        return v, length, couplings[-1].transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_v: Tensor | None, grad_length: Tensor | None, grad_c: Tensor | None):
+        poses, transforms, activations, couplings, sums, v, length = ctx.saved_tensors
+        detach_inner, eps, token = ctx.settings
+        votes, product = backward_buffers(poses, transforms, token)
+        gv = output_gradient(v, length, grad_v, grad_length)
+        gc = None if grad_c is None else grad_c.transpose(1, 2)
+        grad_act = None
+        if activations is not None and ctx.needs_input_grad[2]:
+            grad_act = torch.empty_like(activations)
+        route_backward_chunks(votes, activations, couplings, sums, gv, gc, detach_inner, eps,
+                              as_votes(product, transforms), grad_act)
+        grad_poses, grad_transforms = poses_and_transforms_gradients(product, poses, transforms,
+                                                                     ctx.needs_input_grad[:2])
+        return grad_poses, grad_transforms, grad_act, None, None, None
+
+
+def route_linear(poses: Tensor, transforms: Tensor, activations: Tensor | None, iterations: int,
+                 detach_inner: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Dynamic routing of the votes transforms[i, j] @ poses[b, i]: (v [B, J, D], |v| [B, J], c [B, I, J])."""
+    return _LinearDynamicRoutingFunction.apply(poses.contiguous(), transforms.contiguous(), activations,
+                                               iterations, detach_inner, eps)

@@ -1,0 +1,60 @@
+"""EM routing fused with a capsule layer's votes, for the CPU (see routing.linear_fusion).
+
+``route_linear(poses [N, I, K], transforms [I, J, D, K], activations [N, I] or None, beta_u, beta_a, ...)``
+returns what EM routing of the votes V_ij = transforms[i, j] @ poses[n, i] returns (with ``child_index`` for
+convolutional layers, as routing.em), with gradients into the poses, transforms, activations, beta_u and
+beta_a, without the votes ever leaving the call. 4x4 pose matrices are routed this way with the transform
+kron(I_4, W_ij) (capsules.layers.votes.matrix_transforms).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from routing.em import beta_gradients, em_backward_chunks, em_route_chunks
+from routing.linear_fusion import (
+    as_votes,
+    backward_buffers,
+    claim_parent_major,
+    poses_and_transforms_gradients,
+    votes_product,
+)
+
+
+class _LinearEMRoutingFunction(torch.autograd.Function):
+    """(poses [N, I, K], transforms [I, J, D, K], activations [N, I] or None, beta_u, beta_a [J] or [1],
+    child_index [P, I] or None) -> (mu [N, J, D], a_j [N, J], R [N, I, J])."""
+
+    @staticmethod
+    def forward(ctx, poses, transforms, activations, beta_u, beta_a, child_index, lambdas, min_var, eps):
+        votes = as_votes(votes_product(poses, transforms), transforms)
+        kept, token = claim_parent_major(poses, transforms)
+        R, mu, var, logit = em_route_chunks(votes, activations, beta_u, beta_a, child_index, lambdas, min_var,
+                                            eps, keep=kept)
+        ctx.save_for_backward(poses, transforms, activations, beta_u, child_index, R, mu, var, logit)
+        ctx.settings = (lambdas, eps, token)
+        ctx.beta_a_like = (beta_a.numel(), beta_a.dtype)
+        return mu[-1], torch.sigmoid(logit[-1]), R[-1].transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_mu, grad_act, grad_R):
+        poses, transforms, activations, beta_u, child_index, R, mu, var, logit = ctx.saved_tensors
+        lambdas, eps, token = ctx.settings
+        votes, product = backward_buffers(poses, transforms, token)
+        grad_activations = None
+        if activations is not None and ctx.needs_input_grad[2]:
+            grad_activations = torch.empty_like(activations)
+        grad_bu, grad_ba = em_backward_chunks(votes, activations, beta_u, child_index, R, mu, var, logit, lambdas,
+                                              eps, grad_mu, grad_act, grad_R, as_votes(product, transforms),
+                                              grad_activations)
+        grad_beta_u, grad_beta_a = beta_gradients(grad_bu, grad_ba, beta_u, ctx.beta_a_like)
+        grad_poses, grad_transforms = poses_and_transforms_gradients(product, poses, transforms,
+                                                                     ctx.needs_input_grad[:2])
+        return grad_poses, grad_transforms, grad_activations, grad_beta_u, grad_beta_a, None, None, None, None
+
+
+def route_linear(poses, transforms, activations, beta_u, beta_a, child_index, lambdas, min_var, eps):
+    """EM routing of the votes transforms[i, j] @ poses[n, i]: (mu [N, J, D], a_j [N, J], R [N, I, J])."""
+    return _LinearEMRoutingFunction.apply(poses.contiguous(), transforms.contiguous(), activations, beta_u, beta_a,
+                                          child_index, lambdas, min_var, eps)

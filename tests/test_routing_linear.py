@@ -1,0 +1,157 @@
+"""Routing from poses and transforms (``router(poses, activations, transforms=W)``) and the fused CPU path of
+dynamic routing (routing.dynamic_linear): same values and gradients as routing the formed votes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import routing
+from capsules.layers import CapsuleLinear
+from routing.linear_fusion import PARENT_MAJOR, PRODUCT
+from routing.linear_votes import vector_votes
+from routing.workspace import release_workspaces, workspace
+from tests.compare import assert_close
+
+F64 = dict(atol=1e-12, rtol=1e-10)
+
+
+def inputs(B=3, I=7, K=3, J=4, D=5, activations=True, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    poses = torch.randn(B, I, K, generator=g, dtype=dtype).requires_grad_()
+    transforms = (torch.randn(I, J, D, K, generator=g, dtype=dtype) * 0.7).requires_grad_()
+    acts = (torch.rand(B, I, generator=g, dtype=dtype) * 0.8 + 0.1).requires_grad_() if activations else None
+    return poses, transforms, acts
+
+
+def grads_of(result: routing.RoutingResult, leaves, seed=5):
+    """Gradients of a random linear function of every output (poses, activations, assignments)."""
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in result)
+    return torch.autograd.grad(loss, leaves)
+
+
+@pytest.mark.parametrize("name", ["dynamic", "em"])
+@pytest.mark.parametrize("with_activations", [False, True])
+@pytest.mark.parametrize("detach_inner", [False, True])
+def test_routing_from_transforms_matches_routing_the_votes(name, with_activations, detach_inner):
+    if name == "em" and detach_inner:
+        pytest.skip("detach_inner is a dynamic-routing option")
+    options = dict(detach_inner=detach_inner) if name == "dynamic" else dict(out_caps=4)
+    router = routing.create(name, backend="torch", iterations=3, **options).double()
+    poses, transforms, acts = inputs(activations=with_activations)
+    leaves = [t for t in (poses, transforms, acts) if t is not None]
+    fused = router(poses, acts, transforms=transforms)
+    plain = router(vector_votes(poses, transforms), acts)
+    for what, a, b in zip(("poses", "activations", "assignments"), fused, plain):
+        assert_close(a, b, **F64, what=what)
+    for what, a, b in zip(("poses", "transforms", "activations"), grads_of(fused, leaves), grads_of(plain, leaves)):
+        assert_close(a, b, **F64, what=f"gradient of {what}")
+
+
+def test_fused_dynamic_routing_gradcheck():
+    router = routing.create("dynamic", backend="torch", iterations=3)
+    poses, transforms, acts = inputs(B=2, I=5, K=2, J=3, D=4)
+    assert torch.autograd.gradcheck(lambda p, w, a: tuple(router(p, a, transforms=w)), (poses, transforms, acts))
+
+
+def test_fused_backward_recomputes_votes_another_call_overwrote():
+    """Another fused call between a forward and its backward reuses the scratch buffer: the first call's
+    backward must notice and recompute its votes, not read the other call's."""
+    router = routing.create("dynamic", backend="torch", iterations=3)
+    poses, transforms, acts = inputs()
+    want = grads_of(router(vector_votes(poses, transforms), acts), [poses, transforms, acts])
+    first = router(poses, acts, transforms=transforms)
+    other_poses, other_transforms, other_acts = inputs(seed=9)
+    router(other_poses, other_acts, transforms=other_transforms)  # overwrites the shared buffer
+    for what, a, b in zip(("poses", "transforms", "activations"), grads_of(first, [poses, transforms, acts]), want):
+        assert_close(a, b, **F64, what=f"gradient of {what}")
+
+
+def test_fused_path_uses_the_workspace_and_release_frees_it():
+    release_workspaces()
+    router = routing.create("dynamic", backend="torch", iterations=2)
+    poses, transforms, _ = inputs(dtype=torch.float32)
+    router(poses, None, transforms=transforms)
+    for name in (PRODUCT, PARENT_MAJOR):
+        buffer, _ = workspace().claim(name, (1,), torch.float32)
+        assert buffer.untyped_storage().nbytes() >= 3 * 7 * 4 * 5 * 4  # the votes [I, B, J*D] in float32
+    release_workspaces()
+    assert workspace()._buffers == {}
+
+
+def test_capsule_linear_routes_through_transforms_and_hooks_still_see_the_result():
+    layer = CapsuleLinear(7, 3, 4, 5, routing="dynamic", backend="torch", iterations=3).double()
+    seen = []
+    layer.router.register_forward_hook(lambda module, args, result: seen.append(result))
+    poses = inputs()[0]
+    out_poses, out_acts = layer(poses)
+    want = layer.router(vector_votes(poses, layer.weight))
+    assert len(seen) == 2
+    assert_close(out_poses, want.poses, **F64, what="layer poses")
+    assert_close(seen[0].assignments, want.assignments, **F64, what="hooked assignments")
+
+
+@pytest.mark.parametrize(
+    "poses_shape, transforms_shape, message",
+    [
+        ((3, 7, 3), (7, 4, 5), "transforms must have shape"),
+        ((3, 6, 3), (7, 4, 5, 3), "must match transforms"),
+        ((3, 7, 2), (7, 4, 5, 3), "must match transforms"),
+        ((3, 7), (7, 4, 5, 3), "poses must have shape"),
+    ],
+)
+def test_bad_poses_or_transforms_say_what_was_expected(poses_shape, transforms_shape, message):
+    router = routing.create("dynamic", backend="torch")
+    with pytest.raises(ValueError, match=message):
+        router(torch.randn(poses_shape), None, transforms=torch.randn(transforms_shape))
+
+
+def test_transforms_of_another_dtype_or_nan_poses_are_refused():
+    router = routing.create("dynamic", backend="torch")
+    poses, transforms, _ = inputs(dtype=torch.float32)
+    with pytest.raises(ValueError, match="dtype and device"):
+        router(poses, None, transforms=transforms.double())
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        router(poses.detach().clone().fill_(float("nan")), None, transforms=transforms)
+    with pytest.raises(ValueError, match="activations must have shape"):
+        router(poses, torch.rand(3, 6), transforms=transforms)
+
+
+@pytest.mark.parametrize("name", ["dynamic", "em"])
+def test_conv_caps_routes_window_poses_as_the_window_votes(name):
+    """ConvCaps hands the router its windows' poses and kron transforms (with EM's child_index): the same
+    values and gradients as routing the windows' votes."""
+    from capsules.layers import ConvCaps
+    from capsules.layers.votes import matrix_votes
+    from capsules.layers.windows import extract_windows, window_child_index
+
+    layer = ConvCaps(2, 3, 2, stride=1, routing=name, backend="torch", iterations=3).double()
+    with torch.no_grad():
+        for p in layer.router.parameters():
+            p.normal_()
+    g = torch.Generator().manual_seed(3)
+    poses = torch.randn(2, 3, 3, 2, 16, generator=g, dtype=torch.float64).requires_grad_()
+    acts = (torch.rand(2, 3, 3, 2, generator=g, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+    out = layer(poses, acts)
+    windows = extract_windows(poses, 2, 1).reshape(8, 8, 16)
+    votes = matrix_votes(windows, layer.weight.view(8, 3, 4, 4))
+    extra = {"child_index": window_child_index(3, 3, 2, 2, 1)} if name == "em" else {}
+    want = layer.router(votes, extract_windows(acts, 2, 1).reshape(8, 8), **extra)
+    assert_close(out[0], want.poses.reshape(2, 2, 2, 3, 16), **F64, what="poses")
+    assert_close(out[1], want.activations.reshape(2, 2, 2, 3), **F64, what="activations")
+    leaves = [poses, acts, layer.weight, *layer.router.parameters()]
+    got = torch.autograd.grad(out[0].sum() + out[1].square().sum(), leaves)
+    expected = torch.autograd.grad(want.poses.sum() + want.activations.square().sum(), leaves)
+    for i, (a, b) in enumerate(zip(got, expected)):
+        assert_close(a, b, **F64, what=f"gradient of leaf {i}")
+
+
+def test_mixed_dtypes_are_allowed_under_autocast_only():
+    router = routing.create("dynamic", backend="torch")
+    poses, transforms, _ = inputs(dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = router(poses.bfloat16(), None, transforms=transforms)
+    assert result.poses.shape == (3, 4, 5) and torch.isfinite(result.poses.float()).all()
+    with pytest.raises(ValueError, match="dtype and device"):
+        router(poses.bfloat16(), None, transforms=transforms)
