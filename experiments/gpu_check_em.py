@@ -1,7 +1,7 @@
 """The EM section of the GPU check (experiments/gpu_check.py): the Triton EM kernels at the smallNORB model's
 sizes, against the PyTorch backend.
 
-    python -m experiments.gpu_check_em                       # on a CUDA machine
+    python -m experiments.gpu_check_em                       # on a CUDA machine (= gpu_check --only em)
     TRITON_INTERPRET=1 python -m experiments.gpu_check_em --smoke   # CPU, tiny shapes: checks this script
 
 It plugs into experiments/gpu_check.py as the section `"em": importlib.import_module("experiments.gpu_check_em").run`.
@@ -16,18 +16,13 @@ element), so ill-conditioned elements are judged by what the precision allows.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
 import routing
 import routing.em_triton  # noqa: F401  (registers em/triton)
-from experiments.provenance import device_name
-from experiments.tables import to_markdown
-from kernels.utils import interpreter_enabled
 
 ITERATIONS = 3
 CLASS_SHAPE, CLASS_SMOKE = (64, 512, 5, 16), (2, 18, 5, 16)
@@ -202,29 +197,7 @@ def run(report) -> None:
     report.attempt("em throughput", benchmark)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the EM section alone, with gpu_check's Report (timings printed, not written to the CSV)."""
-    from experiments.gpu_check import Report
+if __name__ == "__main__":  # the EM section alone: gpu_check --only em
+    from experiments.gpu_check import main
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
-    args = parser.parse_args(argv)
-    if args.smoke and not interpreter_enabled():
-        parser.error("--smoke runs the kernels on the CPU: set TRITON_INTERPRET=1")
-    if not args.smoke and not torch.cuda.is_available():
-        parser.error("no CUDA device: run this on a GPU machine (or --smoke under TRITON_INTERPRET=1)")
-    device = torch.device("cpu" if args.smoke else "cuda")
-    report = Report(device, args.smoke)
-    print(f"device: {device_name(device)}", flush=True)
-    run(report)
-    if report.timings:
-        print("\n" + to_markdown(pd.DataFrame(report.timings)))
-    if report.targets:
-        print("\n" + to_markdown(pd.DataFrame(report.targets), floatfmt=".3g"))
-    failed = [c["check"] for c in report.checks if not c["ok"]]
-    print(f"\n{len(report.checks) - len(failed)} of {len(report.checks)} checks passed on {device_name(device)}")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["--only", "em", *sys.argv[1:]]))

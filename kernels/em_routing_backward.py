@@ -39,6 +39,7 @@ from kernels.em_routing_forward import (
     _parent_row,
     _parent_tile,
     _sigmoid,
+    _sum_partials,
     _variance_tile,
     _votes_tile,
 )
@@ -116,15 +117,7 @@ def _em_backward_parents_kernel(
     g_var = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
     g_logit = tl.zeros([BLOCK_J], dtype=acc)
     if HAS_E:
-        G0 = tl.zeros([BLOCK_J], dtype=acc)
-        G1 = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
-        G2 = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
-        for b in range(0, NB):
-            part = n.to(tl.int64) * NB + b
-            G0 += tl.load(g0_ptr + part * J + offs_j, mask=mask_j, other=0.0)
-            offs_jd = part * J * D + offs_j[:, None] * D + offs_d[None, :]
-            G1 += tl.load(g1_ptr + offs_jd, mask=mask_jd, other=0.0)
-            G2 += tl.load(g2_ptr + offs_jd, mask=mask_jd, other=0.0)
+        G0, G1, G2 = _sum_partials(g0_ptr, g1_ptr, g2_ptr, n, J, D, NB, BLOCK_J, BLOCK_D)
         inv_var = 1.0 / var
         g_mu += G1 * inv_var
         g_var += 0.5 * inv_var * (G2 * inv_var - G0[:, None])

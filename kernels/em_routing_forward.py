@@ -267,6 +267,27 @@ def _em_m_step_partials_kernel(
 
 
 @triton.jit
+def _sum_partials(p0_ptr, p1_ptr, p2_ptr, n, J, D, NB, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Row n's per-program partials p0 [N, NB, J], p1 and p2 [N, NB, J, D] summed over the NB programs in a fixed
+    order (deterministic): returns [BLOCK_J], [BLOCK_J, BLOCK_D], [BLOCK_J, BLOCK_D] in the partials' dtype."""
+    acc = p1_ptr.dtype.element_ty
+    offs_j = tl.arange(0, BLOCK_J)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_j = offs_j < J
+    mask_jd = mask_j[:, None] & (offs_d < D)[None, :]
+    P0 = tl.zeros([BLOCK_J], dtype=acc)
+    P1 = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
+    P2 = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
+    for b in range(0, NB):
+        part = n.to(tl.int64) * NB + b
+        P0 += tl.load(p0_ptr + part * J + offs_j, mask=mask_j, other=0.0)
+        offs_jd = part * J * D + offs_j[:, None] * D + offs_d[None, :]
+        P1 += tl.load(p1_ptr + offs_jd, mask=mask_jd, other=0.0)
+        P2 += tl.load(p2_ptr + offs_jd, mask=mask_jd, other=0.0)
+    return P0, P1, P2
+
+
+@triton.jit
 def _em_m_step_finalize_kernel(
     s0_ptr, s1_ptr, s2_ptr, votes_ptr, beta_u_ptr, beta_a_ptr, consts_ptr,
     mus_ptr, vhats_ptr, logits_ptr, masses_ptr, pose_ptr, act_ptr, t, N, I, J, D, NB,
@@ -286,15 +307,7 @@ def _em_m_step_finalize_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_j = offs_j < J
     mask_jd = mask_j[:, None] & (offs_d < D)[None, :]
-    S0 = tl.zeros([BLOCK_J], dtype=acc)
-    T1 = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
-    T2 = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
-    for b in range(0, NB):
-        part = n.to(tl.int64) * NB + b
-        S0 += tl.load(s0_ptr + part * J + offs_j, mask=mask_j, other=0.0)
-        offs_jd = part * J * D + offs_j[:, None] * D + offs_d[None, :]
-        T1 += tl.load(s1_ptr + offs_jd, mask=mask_jd, other=0.0)
-        T2 += tl.load(s2_ptr + offs_jd, mask=mask_jd, other=0.0)
+    S0, T1, T2 = _sum_partials(s0_ptr, s1_ptr, s2_ptr, n, J, D, NB, BLOCK_J, BLOCK_D)
     shift = _shift_tile(votes_ptr, mus_ptr, t, n, N, I, J, D, FIRST, BLOCK_J, BLOCK_D)
     min_var = tl.load(consts_ptr)
     eps = tl.load(consts_ptr + 1)

@@ -27,9 +27,7 @@ class DynamicRoutingTriton(DynamicRouting):
         inputs = (votes,) if activations is None else (votes, activations)
         reason = kernel_unavailable_reason(*inputs, interpreter_ok=not self.fallback) or unsupported_reason(
             votes, activations)
-        if reason is not None:
-            if self.fallback:
-                return super().route(votes, activations)
-            raise ValueError(f"{self.name} routing, backend 'triton': {reason}")
+        if self.falls_back(reason):
+            return super().route(votes, activations)
         v, length, c = dynamic_routing(votes, activations, self.iterations, self.detach_inner, self.eps)
         return RoutingResult(v, length, c)

@@ -29,10 +29,8 @@ class EMRoutingTriton(EMRouting):
         extra = () if activations is None else (activations,)
         reason = kernel_unavailable_reason(votes, *extra, self.beta_u, self.beta_a, interpreter_ok=not self.fallback)
         reason = reason or em_unsupported_reason(votes, activations)
-        if reason:
-            if self.fallback:
-                return super().route(votes, activations, child_index)
-            raise ValueError(f"em routing, backend 'triton': {reason}")
+        if self.falls_back(reason or None):
+            return super().route(votes, activations, child_index)
         self.check_parents(votes.shape[2])
         if child_index is not None:
             child_index = check_child_index(child_index, votes.shape[0], votes.shape[1])

@@ -57,5 +57,14 @@ class Router(nn.Module):
             return True
         return self.fallback and kernel_unavailable_reason(tensor, interpreter_ok=False) is not None
 
+    def falls_back(self, reason: str | None) -> bool:
+        """For an accelerated backend whose kernels cannot take the inputs for `reason` (None: they can): whether
+        to run the PyTorch code instead. Raises a ValueError naming the reason when fallback is off."""
+        if reason is None:
+            return False
+        if self.fallback:
+            return True
+        raise ValueError(f"{self.name} routing, backend 'triton': {reason}")
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, backend={self.backend!r}"

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from capsules.datasets.download import ensure_files
 from capsules.datasets.errors import DatasetFileError
 from capsules.datasets.files import data_dir, md5_hex, read_bytes
 from capsules.datasets.idx_format import parse_idx
+from capsules.datasets.in_memory import InMemoryImages
 from capsules.datasets.transforms import random_shift, scale_pixels
 
 MNIST_MIRRORS = (
@@ -31,7 +31,7 @@ _FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
-class MNIST(Dataset[tuple[torch.Tensor, int]]):
+class MNIST(InMemoryImages):
     """MNIST as (image float [1, 28, 28], label int) items.
 
     Files are looked up in `root` (default `$CAPSULES_DATA/mnist`, else `~/.cache/capsule-routing/mnist`) as
@@ -72,16 +72,6 @@ class MNIST(Dataset[tuple[torch.Tensor, int]]):
         _check(images, labels, paths[image_name], paths[label_name])
         self.images = torch.from_numpy(images.copy()).unsqueeze(1)
         self.labels = torch.from_numpy(labels.astype(np.int64))
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.preprocess(self.images[index].unsqueeze(0))[0], int(self.labels[index])
-
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All images uint8 [N, 1, 28, 28] and labels int64 [N] (the dataset's own tensors: do not modify)."""
-        return self.images, self.labels
 
     def preprocess(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 [B, 1, 28, 28] -> float32 [B, 1, 28, 28]: this dataset's random shift, scaling and normalisation."""

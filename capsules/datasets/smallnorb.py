@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from capsules.datasets.download import ensure_files
 from capsules.datasets.errors import DatasetFileError
 from capsules.datasets.files import data_dir
+from capsules.datasets.in_memory import InMemoryImages
 from capsules.datasets.norb_format import read_matrix
 from capsules.datasets.transforms import (
     center_crop,
@@ -44,7 +44,7 @@ _VIEWS = {None: slice(0, 2), "left": slice(0, 1), "right": slice(1, 2)}
 _RESIZE_CHUNK = 1024  # pairs resized at a time: bounds the float32 copy to about 75 MB
 
 
-class SmallNORB(Dataset[tuple[torch.Tensor, int]]):
+class SmallNORB(InMemoryImages):
     """smallNORB as (image float [C, 32, 32], label int) items, C = 2 (stereo pair) or 1 (`view` "left"/"right").
 
     `train` picks the file: training (instances 4, 6, 7, 8, 9) or testing (instances 0, 1, 2, 3, 5). Files are looked
@@ -95,16 +95,6 @@ class SmallNORB(Dataset[tuple[torch.Tensor, int]]):
         self.images = _resize_rows(dat, rows, _VIEWS[view])
         self.labels = torch.from_numpy(cat[rows].astype(np.int64))
         self.info = torch.from_numpy(info[rows].astype(np.int64))
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.preprocess(self.images[index].unsqueeze(0))[0], int(self.labels[index])
-
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All resized images uint8 [N, C, 48, 48] and labels int64 [N] (the dataset's own tensors: do not modify)."""
-        return self.images, self.labels
 
     def preprocess(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 [B, C, 48, 48] -> float32 [B, C, 32, 32]: crop (random or centre), jitter if augmenting, standardise.
