@@ -28,3 +28,9 @@ def atomic_write(path: str | os.PathLike[str], binary: bool = False) -> Iterator
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace `path` with `text` atomically (a crash leaves the old file or the new one, never half of one)."""
+    with atomic_write(path) as handle:
+        handle.write(text)

@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from experiments.atomic import atomic_write  # noqa: E402
 from experiments.bench_cases import CASES, MODES  # noqa: E402
 
 PROVIDER_ORDER = ("torch", "torch-compile", "triton")
@@ -138,7 +139,7 @@ def save_plot(rows: pd.DataFrame, path: Path) -> bool:
                 ax.legend(fontsize=7)
     fig.suptitle(str(ok["device"].iloc[0]), fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_write(path, binary=True) as handle:
+        fig.savefig(handle, format="png", dpi=110)
     plt.close(fig)
     return True

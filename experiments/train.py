@@ -34,6 +34,7 @@ from tqdm import tqdm
 import capsules
 import routing
 from experiments import provenance
+from experiments.atomic import write_text_atomic
 from experiments.tables import to_markdown, write_csv_atomic
 from experiments.training_checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from experiments.training_config import TrainConfig, add_arguments, build_config, overrides_from_args
@@ -191,7 +192,7 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
               "git_commit": provenance.git_commit(), **{f"config_{k}": v for k, v in config.flat().items()}}
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        write_text_atomic(out / CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
         print(f"{config.model} + {config.routing} on {config.dataset}: {params:,} parameters, {steps} steps/epoch, "
               f"{ctx.world_size} process(es) on {device_name}; run folder {out}")
     done = progress(config, state.step, total_steps, state.train_seconds)

@@ -94,6 +94,22 @@ def _couplings(u, cum, mask_j):
 
 
 @triton.jit
+def _program_tile(n_chunks, J, D, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's sample b and chunk of children, its parent tile (offsets offs_j, offs_d and masks mask_j,
+    mask_jd), the offsets jd in a contiguous [J, D] slice and the offset row of sample b in a [B, J, D] buffer."""
+    pid = tl.program_id(0)
+    b = pid // n_chunks
+    chunk = pid % n_chunks
+    offs_j = tl.arange(0, BLOCK_J)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_j = offs_j < J
+    mask_jd = mask_j[:, None] & (offs_d[None, :] < D)
+    jd = offs_j[:, None] * D + offs_d[None, :]
+    row = b.to(tl.int64) * J * D
+    return b, chunk, offs_j, offs_d, mask_j, mask_jd, jd, row
+
+
+@triton.jit
 def _dynamic_routing_forward_kernel(
     u_ptr, a_ptr,  # votes [B, I, J, D] (strided), activations [B, I] (strided) or None
     sums_ptr, poses_ptr, cums_ptr,  # s_r, v_r, cum_r [T, B, J, D] (contiguous, accumulation dtype)
@@ -107,15 +123,7 @@ def _dynamic_routing_forward_kernel(
 ):
     """Iteration r for one (sample, chunk of children); the last program of each sample finishes the iteration."""
     acc_ty = sums_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    b = pid // n_chunks
-    chunk = pid % n_chunks
-    offs_j = tl.arange(0, BLOCK_J)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_j = offs_j < J
-    mask_jd = mask_j[:, None] & (offs_d[None, :] < D)
-    jd = offs_j[:, None] * D + offs_d[None, :]  # offsets in a contiguous [J, D] slice
-    row = b.to(tl.int64) * J * D  # sample b in a [B, J, D] buffer
+    b, chunk, offs_j, offs_d, mask_j, mask_jd, jd, row = _program_tile(n_chunks, J, D, BLOCK_J, BLOCK_D)
 
     # cum_r = cum_{r-1} + v_{r-1}: both written by the previous launch
     cum = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc_ty)
@@ -189,15 +197,7 @@ def _dynamic_routing_backward_kernel(
     added for r >= gb_floor only (the first routed iteration's logits are constants).
     """
     acc_ty = sums_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    b = pid // n_chunks
-    chunk = pid % n_chunks
-    offs_j = tl.arange(0, BLOCK_J)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_j = offs_j < J
-    mask_jd = mask_j[:, None] & (offs_d[None, :] < D)
-    jd = offs_j[:, None] * D + offs_d[None, :]
-    row = b.to(tl.int64) * J * D
+    b, chunk, offs_j, offs_d, mask_j, mask_jd, jd, row = _program_tile(n_chunks, J, D, BLOCK_J, BLOCK_D)
 
     # gs_{T-1} from the outputs' gradients: grad_v + grad_|v| v / |v|, through the squash
     top = (T - 1) * BJD + row + jd

@@ -39,6 +39,7 @@ from kernels.em_routing_forward import (
     _parent_row,
     _parent_tile,
     _sigmoid,
+    _store_partials,
     _sum_partials,
     _variance_tile,
     _votes_tile,
@@ -204,11 +205,7 @@ def _em_backward_stage_kernel(
             G1 += tl.sum(gL[:, :, None] * diff, axis=0)
             G2 += tl.sum(gL[:, :, None] * diff * diff, axis=0)
     if not Q_ONLY:
-        part = n.to(tl.int64) * NB + b
-        tl.store(g0_ptr + part * J + offs_j, G0, mask=offs_j < J)
-        offs_jd = part * J * D + offs_j[:, None] * D + offs_d[None, :]
-        tl.store(g1_ptr + offs_jd, G1, mask=mask_jd)
-        tl.store(g2_ptr + offs_jd, G2, mask=mask_jd)
+        _store_partials(g0_ptr, g1_ptr, g2_ptr, G0, G1, G2, n, b, J, D, NB, BLOCK_J, BLOCK_D)
 
 
 @triton.jit

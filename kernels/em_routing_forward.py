@@ -211,6 +211,43 @@ def _em_row_normaliser_kernel(
 
 
 @triton.jit
+def _store_partials(p0_ptr, p1_ptr, p2_ptr, P0, P1, P2, n, b, J, D, NB, BLOCK_J: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+    """Store program b's partials of row n: P0 [BLOCK_J] into p0 [N, NB, J], P1 and P2 [BLOCK_J, BLOCK_D] into p1
+    and p2 [N, NB, J, D] (what _sum_partials reads back)."""
+    offs_j = tl.arange(0, BLOCK_J)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_j = offs_j < J
+    mask_jd = mask_j[:, None] & (offs_d < D)[None, :]
+    part = n.to(tl.int64) * NB + b
+    tl.store(p0_ptr + part * J + offs_j, P0, mask=mask_j)
+    offs_jd = part * J * D + offs_j[:, None] * D + offs_d[None, :]
+    tl.store(p1_ptr + offs_jd, P1, mask=mask_jd)
+    tl.store(p2_ptr + offs_jd, P2, mask=mask_jd)
+
+
+@triton.jit
+def _sum_partials(p0_ptr, p1_ptr, p2_ptr, n, J, D, NB, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Row n's per-program partials p0 [N, NB, J], p1 and p2 [N, NB, J, D] summed over the NB programs in a fixed
+    order (deterministic): returns [BLOCK_J], [BLOCK_J, BLOCK_D], [BLOCK_J, BLOCK_D] in the partials' dtype."""
+    acc = p1_ptr.dtype.element_ty
+    offs_j = tl.arange(0, BLOCK_J)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_j = offs_j < J
+    mask_jd = mask_j[:, None] & (offs_d < D)[None, :]
+    P0 = tl.zeros([BLOCK_J], dtype=acc)
+    P1 = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
+    P2 = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
+    for b in range(0, NB):
+        part = n.to(tl.int64) * NB + b
+        P0 += tl.load(p0_ptr + part * J + offs_j, mask=mask_j, other=0.0)
+        offs_jd = part * J * D + offs_j[:, None] * D + offs_d[None, :]
+        P1 += tl.load(p1_ptr + offs_jd, mask=mask_jd, other=0.0)
+        P2 += tl.load(p2_ptr + offs_jd, mask=mask_jd, other=0.0)
+    return P0, P1, P2
+
+
+@triton.jit
 def _em_m_step_partials_kernel(
     votes_ptr, act_ptr, mus_ptr, vhats_ptr, logits_ptr, consts_ptr, norms_ptr,
     s0_ptr, s1_ptr, s2_ptr, assign_ptr, t, N, I, J, D, NB, tiles,
@@ -259,32 +296,7 @@ def _em_m_step_partials_kernel(
         if WRITE_R:
             offs = n.to(tl.int64) * I * J + offs_i.to(tl.int64)[:, None] * J + offs_j[None, :]
             tl.store(assign_ptr + offs, R.to(assign_ptr.dtype.element_ty), mask=mask_ij)
-    part = n.to(tl.int64) * NB + b
-    tl.store(s0_ptr + part * J + offs_j, s0, mask=offs_j < J)
-    offs_jd = part * J * D + offs_j[:, None] * D + offs_d[None, :]
-    tl.store(s1_ptr + offs_jd, s1, mask=mask_jd)
-    tl.store(s2_ptr + offs_jd, s2, mask=mask_jd)
-
-
-@triton.jit
-def _sum_partials(p0_ptr, p1_ptr, p2_ptr, n, J, D, NB, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Row n's per-program partials p0 [N, NB, J], p1 and p2 [N, NB, J, D] summed over the NB programs in a fixed
-    order (deterministic): returns [BLOCK_J], [BLOCK_J, BLOCK_D], [BLOCK_J, BLOCK_D] in the partials' dtype."""
-    acc = p1_ptr.dtype.element_ty
-    offs_j = tl.arange(0, BLOCK_J)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_j = offs_j < J
-    mask_jd = mask_j[:, None] & (offs_d < D)[None, :]
-    P0 = tl.zeros([BLOCK_J], dtype=acc)
-    P1 = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
-    P2 = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
-    for b in range(0, NB):
-        part = n.to(tl.int64) * NB + b
-        P0 += tl.load(p0_ptr + part * J + offs_j, mask=mask_j, other=0.0)
-        offs_jd = part * J * D + offs_j[:, None] * D + offs_d[None, :]
-        P1 += tl.load(p1_ptr + offs_jd, mask=mask_jd, other=0.0)
-        P2 += tl.load(p2_ptr + offs_jd, mask=mask_jd, other=0.0)
-    return P0, P1, P2
+    _store_partials(s0_ptr, s1_ptr, s2_ptr, s0, s1, s2, n, b, J, D, NB, BLOCK_J, BLOCK_D)
 
 
 @triton.jit

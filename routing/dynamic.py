@@ -10,7 +10,8 @@ product. Samples are routed in cache-sized chunks (routing.chunking), so the rep
 come from the cache and no temporary is votes-sized. The backward is written out (`_DynamicRoutingFunction`): it
 recomputes per-iteration matrix-vector products from the saved couplings [T, B, J, I] and pre-squash sums
 [T, B, J, D] (both 1/D the size of the votes), and writes the votes' gradient once, in the votes' own layout, as
-a batched rank-(2T-1) product.
+a batched rank-(2T-1) product. A dense layer's router call with poses and transforms (``route_linear``) is
+fused with the votes' product on the CPU (routing.dynamic_linear), so its votes need no fresh memory either.
 """
 
 from __future__ import annotations

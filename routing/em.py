@@ -161,8 +161,8 @@ def em_backward_chunks(votes, activations, beta_u, child_index, R, mu, var, logi
                        grad_R, grad_votes, grad_activations):
     """The EM routing backward, a chunk of rows at a time, from the saved R, mu, var, logit [T, N, ...] and the
     gradients of the outputs (mu [N, J, D], a_j [N, J], R [N, I, J]; any may be None). Writes the votes'
-    gradient into grad_votes (any strides; it may be the votes' own memory, since each chunk is read before it
-    is written) and the activations' into grad_activations (either may be None); returns the gradients of
+    gradient into grad_votes (any strides; it may share the votes' memory when they are not parent-major, since
+    each chunk is then copied out before its gradient is written) and the activations' into grad_activations (either may be None); returns the gradients of
     beta_u and beta_a per row, [N, J] each."""
     dtype = R.dtype
     N, I, J, D = votes.shape

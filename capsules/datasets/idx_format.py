@@ -4,12 +4,12 @@ An IDX file is two zero bytes, a type byte, a byte with the number of dimensions
 sizes, then the elements in row-major order, big-endian.
 """
 
-import math
 import struct
 from pathlib import Path
 
 import numpy as np
 
+from capsules.datasets.binary_payload import read_payload
 from capsules.datasets.errors import DatasetFileError
 from capsules.datasets.files import read_bytes, write_bytes
 
@@ -44,14 +44,7 @@ def parse_idx(data: bytes, source: str | Path) -> np.ndarray:
         )
     shape = struct.unpack(f">{ndim}I", data[4:header_size])
     dtype = _TYPES[type_code]
-    count = math.prod(shape)
-    expected, found = count * dtype.itemsize, len(data) - header_size
-    if found != expected:
-        raise DatasetFileError(
-            source, f"size does not match the header: shape {list(shape)} of {dtype.name} needs {expected} bytes "
-            f"of data, file has {found} ({'truncated' if found < expected else 'trailing bytes'})"
-        )
-    array = np.frombuffer(data, dtype, count=count, offset=header_size).reshape(shape)
+    array = read_payload(data, header_size, shape, dtype, dtype.name, source)
     return array if dtype.isnative else array.astype(dtype.newbyteorder("="))
 
 

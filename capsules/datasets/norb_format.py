@@ -8,12 +8,12 @@ We read it as SN/Lush's packed storage: one signed byte per element holding a fi
 bits (multiples of 1/16 in [-8, 8)), returned as float32.
 """
 
-import math
 import struct
 from pathlib import Path
 
 import numpy as np
 
+from capsules.datasets.binary_payload import read_payload
 from capsules.datasets.errors import DatasetFileError
 from capsules.datasets.files import read_bytes, write_bytes
 
@@ -63,14 +63,7 @@ def parse_matrix(data: bytes, source: str | Path) -> np.ndarray:
         raise DatasetFileError(source, f"wrong dims: header dims {list(dims)} for ndim {ndim}; unused dims must be 1")
     kind = MAGIC[magic]
     stored = _STORED[kind]
-    count = math.prod(shape)
-    expected, found = count * stored.itemsize, len(data) - header_size
-    if found != expected:
-        raise DatasetFileError(
-            source, f"size does not match the header: shape {list(shape)} of {kind} needs {expected} bytes of data, "
-            f"file has {found} ({'truncated' if found < expected else 'trailing bytes'})"
-        )
-    array = np.frombuffer(data, stored, count=count, offset=header_size).reshape(shape)
+    array = read_payload(data, header_size, shape, stored, kind, source)
     if kind == "packed":
         return array.astype(np.float32) / PACKED_SCALE
     return array if stored.isnative else array.astype(stored.newbyteorder("="))
