@@ -113,15 +113,15 @@ def conv_caps(name: str, iterations: int, backend: str, batch: int, dtype: torch
 class Case:
     name: str
     build: Callable[[str, int, str, int, torch.dtype, torch.device], Workload]
-    batch_sizes: tuple[int, ...]  # the default sweep, chosen to finish in seconds on a 2-core CPU
+    batch_sizes: tuple[int, ...]  # the default sweep: a small batch and the CPU targets' batch (REFERENCE.md)
 
 
 CASES: dict[str, Case] = {
     case.name: case
     for case in (
         Case("routing", routing_step, (8, 32)),
-        Case("capsule-linear", capsule_linear, (16, 64)),
-        Case("conv-caps", conv_caps, (4, 16)),
+        Case("capsule-linear", capsule_linear, (16, 128)),
+        Case("conv-caps", conv_caps, (4, 32)),
     )
 }
 

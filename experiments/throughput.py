@@ -31,10 +31,11 @@ import pandas as pd
 import torch
 
 import routing
+from experiments.atomic import write_text_atomic
 from experiments.bench_cases import CASES, MODES, Workload, bytes_moved, get_case
 from experiments.provenance import device_name, git_commit, timestamp, versions
 from experiments.tables import RESULTS_DIR, upsert_csv
-from experiments.throughput_report import pivot_markdown, results_markdown, save_plot
+from experiments.throughput_report import pivot_markdown, results_markdown, save_plot, targets_markdown
 from experiments.throughput_timing import copy_bandwidth_gbps, peak_memory_bytes, time_cpu, time_cuda
 
 PROVIDERS = ("torch", "torch-compile", "triton")
@@ -279,7 +280,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"of {', '.join(PROVIDERS)} (default: all on CUDA; torch and triton on CPU)")
     parser.add_argument("--modes", nargs="+", default=list(defaults.modes), help=f"of {', '.join(MODES)}")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
-                        help="default: per case (routing 8 32, capsule-linear 16 64, conv-caps 4 16)")
+                        help="default: per case (routing 8 32, capsule-linear 16 128, conv-caps 4 32: the CPU targets at the largest)")
     parser.add_argument("--iterations", nargs="+", type=int, default=list(defaults.iterations))
     parser.add_argument("--dtypes", nargs="+", default=list(defaults.dtypes), help=f"of {', '.join(DTYPES)}")
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed calls per row on the CPU")
@@ -306,8 +307,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = run_sweep(sweep)
     table = upsert_csv(args.out, rows, key=KEY)
     print(pivot_markdown(rows))
+    targets = targets_markdown(rows) if torch.device(sweep.device).type == "cpu" else ""
+    if targets:
+        print("\nCPU targets (forward + backward, PyTorch backend) against the public implementations:\n\n" + targets)
     markdown = args.markdown or args.out.with_suffix(".md")
-    markdown.write_text(results_markdown(table))
+    write_text_atomic(markdown, results_markdown(table))
     plot = args.plot or args.out.parent / f"throughput_{torch.device(sweep.device).type}.png"
     drawn = save_plot(table[table["device"] == rows["device"].iloc[0]], plot)
     print(f"\n{len(rows)} rows upserted into {args.out}; markdown {markdown}; "
