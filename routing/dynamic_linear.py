@@ -14,6 +14,7 @@ from routing.dynamic import output_gradient, route_backward_chunks, route_chunks
 from routing.linear_fusion import (
     as_votes,
     backward_buffers,
+    backward_follows,
     claim_parent_major,
     poses_and_transforms_gradients,
     votes_product,
@@ -27,9 +28,9 @@ class _LinearDynamicRoutingFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, poses: Tensor, transforms: Tensor, activations: Tensor | None, iterations: int,
-                detach_inner: bool, eps: float):
+                detach_inner: bool, eps: float, keep_votes: bool):
         votes = as_votes(votes_product(poses, transforms), transforms)
-        kept, token = claim_parent_major(poses, transforms)
+        kept, token = claim_parent_major(poses, transforms) if keep_votes else (None, None)
         couplings, sums = route_chunks(votes, activations, iterations, eps, keep=kept)
         v = squash(sums[-1], eps=eps)
         length = torch.linalg.vector_norm(v, dim=-1)
@@ -51,11 +52,12 @@ class _LinearDynamicRoutingFunction(torch.autograd.Function):
                               as_votes(product, transforms), grad_act)
         grad_poses, grad_transforms = poses_and_transforms_gradients(product, poses, transforms,
                                                                      ctx.needs_input_grad[:2])
-        return grad_poses, grad_transforms, grad_act, None, None, None
+        return grad_poses, grad_transforms, grad_act, None, None, None, None
 
 
 def route_linear(poses: Tensor, transforms: Tensor, activations: Tensor | None, iterations: int,
                  detach_inner: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Dynamic routing of the votes transforms[i, j] @ poses[b, i]: (v [B, J, D], |v| [B, J], c [B, I, J])."""
     return _LinearDynamicRoutingFunction.apply(poses.contiguous(), transforms.contiguous(), activations,
-                                               iterations, detach_inner, eps)
+                                               iterations, detach_inner, eps,
+                                               backward_follows(poses, transforms, activations))

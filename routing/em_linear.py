@@ -16,6 +16,7 @@ from routing.em import beta_gradients, em_backward_chunks, em_route_chunks
 from routing.linear_fusion import (
     as_votes,
     backward_buffers,
+    backward_follows,
     claim_parent_major,
     poses_and_transforms_gradients,
     votes_product,
@@ -27,9 +28,10 @@ class _LinearEMRoutingFunction(torch.autograd.Function):
     child_index [P, I] or None) -> (mu [N, J, D], a_j [N, J], R [N, I, J])."""
 
     @staticmethod
-    def forward(ctx, poses, transforms, activations, beta_u, beta_a, child_index, lambdas, min_var, eps):
+    def forward(ctx, poses, transforms, activations, beta_u, beta_a, child_index, lambdas, min_var, eps,
+                keep_votes):
         votes = as_votes(votes_product(poses, transforms), transforms)
-        kept, token = claim_parent_major(poses, transforms)
+        kept, token = claim_parent_major(poses, transforms) if keep_votes else (None, None)
         R, mu, var, logit = em_route_chunks(votes, activations, beta_u, beta_a, child_index, lambdas, min_var,
                                             eps, keep=kept)
         ctx.save_for_backward(poses, transforms, activations, beta_u, child_index, R, mu, var, logit)
@@ -51,10 +53,12 @@ class _LinearEMRoutingFunction(torch.autograd.Function):
         grad_beta_u, grad_beta_a = beta_gradients(grad_bu, grad_ba, beta_u, ctx.beta_a_like)
         grad_poses, grad_transforms = poses_and_transforms_gradients(product, poses, transforms,
                                                                      ctx.needs_input_grad[:2])
-        return grad_poses, grad_transforms, grad_activations, grad_beta_u, grad_beta_a, None, None, None, None
+        return (grad_poses, grad_transforms, grad_activations, grad_beta_u, grad_beta_a, None, None, None, None,
+                None)
 
 
 def route_linear(poses, transforms, activations, beta_u, beta_a, child_index, lambdas, min_var, eps):
     """EM routing of the votes transforms[i, j] @ poses[n, i]: (mu [N, J, D], a_j [N, J], R [N, I, J])."""
     return _LinearEMRoutingFunction.apply(poses.contiguous(), transforms.contiguous(), activations, beta_u, beta_a,
-                                          child_index, lambdas, min_var, eps)
+                                          child_index, lambdas, min_var, eps,
+                                          backward_follows(poses, transforms, activations, beta_u, beta_a))

@@ -32,6 +32,12 @@ def fusable(*tensors: Tensor | None) -> bool:
     )
 
 
+def backward_follows(*inputs: Tensor | None) -> bool:
+    """Whether autograd will record the call (grad mode on and an input that requires grad): only then does a
+    forward keep its parent-major votes for the backward (evaluation under torch.no_grad leaves them alone)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+
+
 def votes_product(poses: Tensor, transforms: Tensor) -> Tensor:
     """The product [I, B, K] @ [I, K, J*D] written into the workspace's PRODUCT buffer, as [I, B, J*D]."""
     I, J, D, K = transforms.shape
@@ -47,7 +53,8 @@ def as_votes(product: Tensor, transforms: Tensor) -> Tensor:
 
 
 def claim_parent_major(poses: Tensor, transforms: Tensor) -> tuple[Tensor, object]:
-    """The PARENT_MAJOR buffer as [B, J, I, D], and the token that says later whether it still holds it."""
+    """The PARENT_MAJOR buffer as [B, J, I, D], and the token that says later whether it still holds it (a forward
+    that no backward will follow routes from the cache instead and claims nothing: see backward_follows)."""
     I, J, D, _ = transforms.shape
     return workspace().claim(PARENT_MAJOR, (poses.shape[0], J, I, D), poses.dtype)
 

@@ -155,3 +155,18 @@ def test_mixed_dtypes_are_allowed_under_autocast_only():
     assert result.poses.shape == (3, 4, 5) and torch.isfinite(result.poses.float()).all()
     with pytest.raises(ValueError, match="dtype and device"):
         router(poses.bfloat16(), None, transforms=transforms)
+
+
+def test_a_forward_without_gradients_leaves_the_kept_votes_alone():
+    """Evaluation between a training forward and its backward (torch.no_grad) must not take the buffer the
+    backward reads its parent-major votes from."""
+    router = routing.create("dynamic", backend="torch", iterations=3)
+    poses, transforms, acts = inputs()
+    first = router(poses, acts, transforms=transforms)
+    owner = dict(workspace()._owner)
+    with torch.no_grad():
+        router(*inputs(seed=4)[:1], None, transforms=transforms.detach())
+    assert workspace()._owner[(PARENT_MAJOR, torch.float64)] is owner[(PARENT_MAJOR, torch.float64)]
+    want = grads_of(router(vector_votes(poses, transforms), acts), [poses, transforms, acts])
+    for what, a, b in zip(("poses", "transforms", "activations"), grads_of(first, [poses, transforms, acts]), want):
+        assert_close(a, b, **F64, what=f"gradient of {what}")
