@@ -36,13 +36,19 @@ from experiments.bench_cases import CASES, MODES, Workload, bytes_moved, get_cas
 from experiments.provenance import device_name, git_commit, timestamp, versions
 from experiments.tables import RESULTS_DIR, upsert_csv
 from experiments.throughput_report import pivot_markdown, results_markdown, save_plot, targets_markdown
-from experiments.throughput_timing import copy_bandwidth_gbps, peak_memory_bytes, time_cpu, time_cuda
+from experiments.throughput_timing import (
+    copy_bandwidth_gbps,
+    peak_memory_bytes,
+    reference_gemm_ms,
+    time_cpu,
+    time_cuda,
+)
 
 PROVIDERS = ("torch", "torch-compile", "triton")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 KEY = ["case", "routing", "provider", "mode", "dtype", "iterations", "x_name", "x_value", "device"]
 COLUMNS = [*KEY[:-1], "shape", "status", "note", "median", "q20", "q80", "unit", "samples_per_s", "peak_mem_mb",
-           "gb_per_s", "copy_bw_fraction", "first_call_s", "repeats", "cpu_ms", "cpu_load", "device", "device_type",
+           "gb_per_s", "copy_bw_fraction", "first_call_s", "repeats", "cpu_ms", "cpu_load", "ref_gemm_ms", "device", "device_type",
            "torch", "triton", "commit", "timestamp"]
 DEFAULT_CSV = RESULTS_DIR / "throughput.csv"
 
@@ -222,7 +228,7 @@ def _run(sweep: Sweep, log: Callable[[str], None]) -> pd.DataFrame:
     device = torch.device(sweep.device)
     providers = tuple(sweep.providers or default_providers(device))
     provenance = {"device": device_name(device), "device_type": device.type, **versions(), "commit": git_commit(),
-                  "timestamp": timestamp()}
+                  "timestamp": timestamp(), "ref_gemm_ms": reference_gemm_ms(device)}
     rows = []
     torch.manual_seed(0)
     with routing.finite_checks(False):

@@ -96,6 +96,10 @@ def results_markdown(table: pd.DataFrame) -> str:
         load = rows["cpu_load"].dropna() if "cpu_load" in rows else pd.Series(dtype=float)
         if not load.empty:
             provenance += f"; 1-minute load average while timing {load.min():.1f} to {load.max():.1f}"
+        reference = rows["ref_gemm_ms"].dropna() if "ref_gemm_ms" in rows else pd.Series(dtype=float)
+        if not reference.empty:
+            provenance += (f"; reference 1024^3 float32 matrix product {reference.min():.3g} to "
+                           f"{reference.max():.3g} ms (the machine's speed at the time)")
         parts += ["", f"## {device}", "", provenance, "", pivot_markdown(rows)]
         if "device_type" in rows and (rows["device_type"] == "cpu").all():
             targets = targets_markdown(rows)

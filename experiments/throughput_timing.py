@@ -140,3 +140,16 @@ def copy_bandwidth_gbps(device: torch.device) -> float:
     del source, target
     torch.cuda.empty_cache()
     return nbytes / (ms * 1e-3) / 1e9
+
+
+REFERENCE_GEMM = 1024  # n of the n x n x n float32 matrix product timed as the machine's speed of the moment
+
+
+def reference_gemm_ms(device: torch.device, repeats: int = 7) -> float:
+    """Median ms of a fixed float32 1024 x 1024 x 1024 matrix product (2.1 GFLOP) on `device`: recorded with
+    every row, so that rows timed while a shared machine (or its host) was busy can be told apart and compared."""
+    a = torch.randn(REFERENCE_GEMM, REFERENCE_GEMM, device=device)
+    b = torch.randn_like(a)
+    if device.type == "cuda":
+        return time_cuda(lambda: a @ b).median_ms
+    return time_cpu(lambda: a @ b, repeats=repeats, warmup=2).median_ms

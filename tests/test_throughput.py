@@ -38,6 +38,7 @@ def test_sweep_writes_table_with_stated_columns(tmp_path, capsys):
     assert (timed["peak_mem_mb"] > 0).all()  # the routing allocates at least its outputs
     assert timed["gb_per_s"].isna().all()  # GB/s is a GPU column
     assert (timed["cpu_ms"] >= 0).all() and timed["cpu_load"].notna().all()
+    assert (table["ref_gemm_ms"] > 0).all() and table["ref_gemm_ms"].nunique() == 1  # one reference per sweep
     printed = capsys.readouterr().out
     assert "| routing" in printed and "torch forward+backward" in printed
     assert (tmp_path / "throughput.md").read_text().count("| routing") >= 1
