@@ -82,6 +82,30 @@ def capsule_linear_case(B=128, I=1152, J=10, D=16, D_in=8) -> Case:
     return Case("CapsuleLinear layer (votes + dynamic routing)", f"{B}x{I}x{D_in}->{J}x{D}", run)
 
 
+def naive_capsule_linear_case(B=128, I=1152, J=10, D=16, D_in=8) -> Case:
+    """The same layer written the way most public PyTorch implementations write it (our code, for a side-by-side
+    baseline on the same machine at the same moment): W [1, I, J, D, D_in] broadcast over the batch, the votes
+    u_hat [B, I, J, D] from one matmul, logits b [B, I, J], and per iteration c = softmax over parents,
+    s = sum_i c u_hat, v = squash(s), b += <u_hat, v>, with autograd's backward through every op."""
+    g = torch.Generator().manual_seed(0)
+    weight = (torch.randn(1, I, J, D, D_in, generator=g) / D_in**0.5).requires_grad_()
+    u = torch.randn(B, I, D_in, generator=g).requires_grad_()
+
+    def run(backward: bool) -> None:
+        u_hat = (weight @ u[:, :, None, :, None]).squeeze(-1)  # [B, I, J, D]
+        logits = torch.zeros(B, I, J)
+        for r in range(3):
+            c = logits.softmax(dim=2)
+            s = (c.unsqueeze(-1) * u_hat).sum(dim=1)  # [B, J, D]
+            norm2 = (s * s).sum(-1, keepdim=True)
+            v = norm2 / (1 + norm2) * s / torch.sqrt(norm2 + 1e-8)
+            if r < 2:
+                logits = logits + (u_hat * v.unsqueeze(1)).sum(-1)
+        backward_through(routing.RoutingResult(v, v.norm(dim=-1), v), backward, (u, weight))
+
+    return Case("CapsuleLinear, naive PyTorch baseline (public pattern)", f"{B}x{I}x{D_in}->{J}x{D}", run)
+
+
 def em_routing_case(N: int, I: int, J: int, D: int = 16, layout: str = "parent-major") -> Case:
     """EM routing alone on votes laid out as the capsule layers hand them (parent-major) or contiguous."""
     router = routing.create("em", backend="torch", iterations=3, out_caps=J)
@@ -129,6 +153,7 @@ def all_cases() -> list[Case]:
         dynamic_routing_case("parent-major"),
         dynamic_routing_case("contiguous"),
         capsule_linear_case(),
+        naive_capsule_linear_case(),
         em_routing_case(512, 144, 16),
         em_routing_case(512, 144, 16, layout="contiguous"),
         convcaps_em_case(),
