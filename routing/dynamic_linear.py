@@ -15,9 +15,8 @@ from routing.linear_fusion import (
     as_votes,
     backward_buffers,
     backward_follows,
-    claim_parent_major,
+    forward_buffers,
     poses_and_transforms_gradients,
-    votes_product,
 )
 from routing.squash import squash
 
@@ -29,8 +28,7 @@ class _LinearDynamicRoutingFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, poses: Tensor, transforms: Tensor, activations: Tensor | None, iterations: int,
                 detach_inner: bool, eps: float, keep_votes: bool):
-        votes = as_votes(votes_product(poses, transforms), transforms)
-        kept, token = claim_parent_major(poses, transforms) if keep_votes else (None, None)
+        votes, kept, token = forward_buffers(poses, transforms, keep_votes)
         couplings, sums = route_chunks(votes, activations, iterations, eps, keep=kept)
         v = squash(sums[-1], eps=eps)
         length = torch.linalg.vector_norm(v, dim=-1)

@@ -162,8 +162,8 @@ def em_backward_chunks(votes, activations, beta_u, child_index, R, mu, var, logi
     """The EM routing backward, a chunk of rows at a time, from the saved R, mu, var, logit [T, N, ...] and the
     gradients of the outputs (mu [N, J, D], a_j [N, J], R [N, I, J]; any may be None). Writes the votes'
     gradient into grad_votes (any strides; it may share the votes' memory when they are not parent-major, since
-    each chunk is then copied out before its gradient is written) and the activations' into grad_activations (either may be None); returns the gradients of
-    beta_u and beta_a per row, [N, J] each."""
+    each chunk is then copied out before its gradient is written) and the activations' into grad_activations
+    (either may be None); returns the gradients of beta_u and beta_a per row, [N, J] each."""
     dtype = R.dtype
     N, I, J, D = votes.shape
     g_mu = torch.zeros_like(mu[-1]) if grad_mu is None else grad_mu.to(dtype)
@@ -278,14 +278,21 @@ class EMRouting(Router):
             raise ValueError(f"em routing was built with out_caps={self.out_caps} but votes have J={parents} "
                              "parents")
 
+    def call_settings(
+        self, rows: int, children: int, parents: int, child_index: Tensor | None, device: torch.device
+    ) -> tuple[Tensor | None, list[float]]:
+        """Check one call's shape (N rows of I children, J parents) against out_caps and child_index; returns
+        child_index (int64, on `device`, or None) and the iterations' inverse temperatures."""
+        self.check_parents(parents)
+        if child_index is not None:
+            child_index = check_child_index(child_index, rows, children).to(device)
+        return child_index, inverse_temperatures(self.iterations, self.final_lambda)
+
     def route(
         self, votes: Tensor, activations: Tensor | None = None, child_index: Tensor | None = None
     ) -> RoutingResult:
-        self.check_parents(votes.shape[2])
         N, I, J, D = votes.shape
-        if child_index is not None:
-            child_index = check_child_index(child_index, N, I).to(votes.device)
-        lambdas = inverse_temperatures(self.iterations, self.final_lambda)
+        child_index, lambdas = self.call_settings(N, I, J, child_index, votes.device)
         mu, act, R = _EMRoutingFunction.apply(votes, activations, self.beta_u, self.beta_a, child_index, lambdas,
                                               self.min_var, self.eps)
         return RoutingResult(mu, act, R)
@@ -300,10 +307,7 @@ class EMRouting(Router):
         if not (self.routes_in_torch(poses) and fusable(poses, transforms, activations, self.beta_u, self.beta_a)):
             return super().route_linear(poses, transforms, activations, child_index=child_index)
         N, I = poses.shape[:2]
-        self.check_parents(transforms.shape[1])
-        if child_index is not None:
-            child_index = check_child_index(child_index, N, I).to(poses.device)
-        lambdas = inverse_temperatures(self.iterations, self.final_lambda)
+        child_index, lambdas = self.call_settings(N, I, transforms.shape[1], child_index, poses.device)
         return RoutingResult(*route_linear(poses, transforms, activations, self.beta_u, self.beta_a, child_index,
                                            lambdas, self.min_var, self.eps))
 

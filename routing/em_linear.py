@@ -17,9 +17,8 @@ from routing.linear_fusion import (
     as_votes,
     backward_buffers,
     backward_follows,
-    claim_parent_major,
+    forward_buffers,
     poses_and_transforms_gradients,
-    votes_product,
 )
 
 
@@ -30,8 +29,7 @@ class _LinearEMRoutingFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, poses, transforms, activations, beta_u, beta_a, child_index, lambdas, min_var, eps,
                 keep_votes):
-        votes = as_votes(votes_product(poses, transforms), transforms)
-        kept, token = claim_parent_major(poses, transforms) if keep_votes else (None, None)
+        votes, kept, token = forward_buffers(poses, transforms, keep_votes)
         R, mu, var, logit = em_route_chunks(votes, activations, beta_u, beta_a, child_index, lambdas, min_var,
                                             eps, keep=kept)
         ctx.save_for_backward(poses, transforms, activations, beta_u, child_index, R, mu, var, logit)

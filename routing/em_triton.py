@@ -10,7 +10,7 @@ from torch import Tensor
 
 from kernels.em_routing import em_routing, em_unsupported_reason
 from kernels.utils import kernel_unavailable_reason
-from routing.em import EMRouting, check_child_index
+from routing.em import EMRouting
 from routing.registry import register
 from routing.result import RoutingResult
 
@@ -31,9 +31,8 @@ class EMRoutingTriton(EMRouting):
         reason = reason or em_unsupported_reason(votes, activations)
         if self.falls_back(reason or None):
             return super().route(votes, activations, child_index)
-        self.check_parents(votes.shape[2])
-        if child_index is not None:
-            child_index = check_child_index(child_index, votes.shape[0], votes.shape[1])
+        N, I, J, _ = votes.shape
+        child_index, _ = self.call_settings(N, I, J, child_index, votes.device)  # the kernels derive the lambdas
         poses, acts, assignments = em_routing(
             votes, activations, self.beta_u, self.beta_a, iterations=self.iterations,
             final_lambda=self.final_lambda, min_var=self.min_var, eps=self.eps, child_index=child_index)

@@ -52,11 +52,17 @@ def as_votes(product: Tensor, transforms: Tensor) -> Tensor:
     return product.view(I, product.shape[1], J, D).transpose(0, 1)
 
 
-def claim_parent_major(poses: Tensor, transforms: Tensor) -> tuple[Tensor, object]:
-    """The PARENT_MAJOR buffer as [B, J, I, D], and the token that says later whether it still holds it (a forward
-    that no backward will follow routes from the cache instead and claims nothing: see backward_follows)."""
+def forward_buffers(poses: Tensor, transforms: Tensor, keep_votes: bool) -> tuple[Tensor, Tensor | None, object]:
+    """For a forward: (the votes [B, I, J, D], a view of the PRODUCT buffer they were just written into; the
+    PARENT_MAJOR buffer [B, J, I, D] for the routing to keep them in, or None; the token that tells the backward
+    whether that buffer still holds them). A forward that no backward will follow (keep_votes False, see
+    backward_follows) routes from the cache instead and claims nothing."""
+    votes = as_votes(votes_product(poses, transforms), transforms)
+    if not keep_votes:
+        return votes, None, None
     I, J, D, _ = transforms.shape
-    return workspace().claim(PARENT_MAJOR, (poses.shape[0], J, I, D), poses.dtype)
+    kept, token = workspace().claim(PARENT_MAJOR, (poses.shape[0], J, I, D), poses.dtype)
+    return votes, kept, token
 
 
 def backward_buffers(poses: Tensor, transforms: Tensor, token: object) -> tuple[Tensor, Tensor]:

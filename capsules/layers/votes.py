@@ -6,8 +6,8 @@ a time and lay each chunk out parent-major themselves (routing.chunking), and wr
 votes' own layout, which the product's backward then reads without a copy. On the CPU the product is written
 to memory advised onto huge pages (routing.memory), saving a page fault per 4 KiB of a tensor written once.
 
-The dense layer's product (vector_votes, batched_product) lives in routing.linear_votes, where the
-routers that fuse it with routing use it too.
+The dense layer's product (vector_votes) lives in routing.linear_votes, where the routers that fuse it with
+routing use it too; 4x4 pose matrices reuse it through matrix_transforms.
 """
 
 from __future__ import annotations
@@ -15,23 +15,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.linear_votes import batched_product, vector_votes
+from routing.linear_votes import vector_votes
 
 
 def matrix_votes(poses: Tensor, weight: Tensor) -> Tensor:
     """V[b, i, j] = M[b, i] @ W[i, j] for 4x4 poses M [B, I, 16] and weight W [I, J, 4, 4] -> votes [B, I, J, 16].
 
-    Row r of M W is row r of M times W, so the flattened vote is M (flattened) times kron(I_4, W): one batched
-    product over children, [I, B, 16] @ [I, 16, J*16], whose [I, B, J, 16] output needs no reordering, forward
-    or backward. Measured against the plain [I, B*4, 4] @ [I, 4, J*4] product plus the copy that puts each vote's
-    16 entries together (1 thread, shared 2-core CPU, votes forward + backward, min of 7 interleaved runs):
-    227 ms vs 487 ms at the ConvCaps shape N=512, I=144, J=16; 93 ms vs 87 ms at B=128, I=392, J=10.
+    Row r of M W is row r of M times W, so the flattened vote is the flattened M times kron(I_4, W): the vector
+    votes of matrix_transforms(weight), one batched product over children, [I, B, 16] @ [I, 16, J*16], whose
+    [I, B, J, 16] output needs no reordering, forward or backward. Measured against the plain
+    [I, B*4, 4] @ [I, 4, J*4] product plus the copy that puts each vote's 16 entries together (1 thread, shared
+    2-core CPU, votes forward + backward, min of 7 interleaved runs, the kron operand then contiguous): 227 ms vs
+    487 ms at the ConvCaps shape N=512, I=144, J=16; 93 ms vs 87 ms at B=128, I=392, J=10.
     """
-    I, J = weight.shape[:2]
-    B = poses.shape[0]
-    eye = torch.eye(4, dtype=weight.dtype, device=weight.device)
-    kron = torch.einsum("rs,ijce->ircjse", eye, weight).reshape(I, 16, J * 16)  # [I, (r, c), (j, s, e)]
-    return batched_product(poses.transpose(0, 1), kron).view(I, B, J, 16).transpose(0, 1)
+    return vector_votes(poses, matrix_transforms(weight))
 
 
 def matrix_transforms(weight: Tensor) -> Tensor:
