@@ -39,9 +39,9 @@ LOG_2PI = math.log(2 * math.pi)
 # (V - mu_t)^2 and the votes' gradient). A sweep of 1..16 MiB at [512, 144, 16, 16], one thread, on a 2-core AMD
 # EPYC shared with other jobs found 2 MiB fastest; with 2 threads and the fused layers (routing.linear_fusion),
 # forward + backward, medians of 7: the ConvCaps layer 6x6 -> 4x4, K=3, 16 -> 16 types, B=32 (2.4 MiB of votes
-# per sample) took 200-203 ms with 1 sample per chunk (<= 4 MiB), 177-181 with 2 or 3 (5-8 MiB), 183-190 with 4
+# per sample) took 200-203 ms with 1 sample per chunk (<= 4 MiB), 173-187 with 2 or 3 (5-8 MiB), 183-190 with 4
 # (10 MiB), 221 at 20 MiB; EM routing alone at [512, 144, 16, 16] 175-235 ms at 2 MiB, 137-143 at 6 MiB; the
-# compact model's class layer (B=128, 196 -> 10) 48 ms at 2 MiB, 38-39 at 4-8 MiB.
+# compact model's class layer (B=128, 196 -> 10) 48-49 ms at 2 MiB, 38-40 at 4-8 MiB.
 EM_CHUNK_BYTES = 6 * 2**20
 
 
