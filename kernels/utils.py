@@ -1,4 +1,5 @@
-"""Helpers shared by the Triton ops: availability, device checks, block sizes."""
+"""Facts shared by the Triton ops (kernels.dynamic, kernels.em): availability, device checks, dtypes, block sizes
+and the largest parent tile a program holds."""
 
 from __future__ import annotations
 
@@ -54,3 +55,28 @@ def block_size(n: int, minimum: int = 16) -> int:
 def kernel_dtype_ok(t: Tensor) -> bool:
     """The kernels read float16, bfloat16, float32 and float64 inputs (math in float32, or float64 for float64)."""
     return t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute and keep their buffers in: float64 for float64 inputs, float32 for the rest."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# Largest padded J * D of one child's votes (BLOCK_J * BLOCK_D) a program holds: a chosen bound, never measured.
+MAX_PARENT_TILE = 16384
+
+
+def parent_tile_size(J: int, D: int) -> int:
+    """Padded elements of one child's votes [J, D]: BLOCK_J * BLOCK_D."""
+    return block_size(J, minimum=1) * block_size(D, minimum=1)
+
+
+def parent_tile_reason(J: int, D: int, op: str) -> str | None:
+    """Why the `op` kernels cannot route J parents of pose size D (the padded J * D exceeds MAX_PARENT_TILE), or
+    None when they can."""
+    tile = parent_tile_size(J, D)
+    if tile <= MAX_PARENT_TILE:
+        return None
+    return (f"the {op} Triton kernels handle J * D up to {MAX_PARENT_TILE} per child, padded to powers of two: "
+            f"J x D = {J} x {D} pads to {tile} elements, more than the {MAX_PARENT_TILE} a Triton program holds; "
+            f"use backend='torch'")

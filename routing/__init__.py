@@ -9,13 +9,9 @@ Every algorithm has a pure-PyTorch backend ("torch", runs anywhere, the referenc
 an accelerated one ("triton"); ``backend="auto"`` picks the fastest one that can run on the inputs.
 """
 
-from kernels.utils import triton_available
-from routing import dynamic as _dynamic  # noqa: F401  (registers "dynamic")
-from routing import em as _em  # noqa: F401  (registers "em")
-
-if triton_available():  # the Triton backends (they fall back to PyTorch under backend="auto" off CUDA)
-    from routing import dynamic_triton as _dynamic_triton  # noqa: F401
-    from routing import em_triton as _em_triton  # noqa: F401
+from routing import cpu
+from routing.dynamic import DynamicRouting  # registers "dynamic" (and its Triton backend where triton is installed)
+from routing.em import EMRouting  # registers "em" (likewise)
 from routing.registry import (
     ENTRY_POINT_GROUP,
     PluginLoadError,
@@ -33,12 +29,15 @@ from routing.validation import finite_checks
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "DynamicRouting",
+    "EMRouting",
     "PluginLoadError",
     "Router",
     "RoutingResult",
     "UnknownRoutingError",
     "available",
     "backends",
+    "cpu",
     "create",
     "finite_checks",
     "register",

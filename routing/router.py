@@ -27,6 +27,15 @@ class Router(nn.Module):
     an accelerated backend may fall back to the reference one on inputs it cannot handle).
     """
 
+    # How the assignments [B, I, J] are normalised, which routing.testing.check_router verifies: "parents" (each
+    # child's row sums to 1 over the J parents), "children" (each parent's column sums to 1 over the I children)
+    # or "none" (no sum is fixed; say why in the router's docstring).
+    normalisation: str = "none"
+    # Whether the router has parameters of its own per child (then permuting the children changes the result).
+    child_parameters: bool = False
+    # Whether the backward gives the true gradient of the forward (False for a deliberate surrogate, such as
+    # dynamic routing's detach_inner; check_router then skips its finite-difference check).
+    exact_gradients: bool = True
     name: str = "router"
     backend: str = "torch"
     fallback: bool = True

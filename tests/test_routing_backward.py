@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 import routing
-import routing.chunking
-import routing.em
+import routing.cpu.chunking
+import routing.em.reference
 from tests.compare import assert_close
 
 
@@ -45,7 +45,7 @@ def autograd_em(votes, acts, beta_u, beta_a, iterations, child_index=None, final
         if child_index is None:
             R = log_num.softmax(dim=1)
         else:
-            R = routing.em.normalise_over_shared_children(log_num, child_index).exp()
+            R = routing.em.reference.normalise_over_shared_children(log_num, child_index).exp()
     return mu, torch.sigmoid(logit), R.transpose(1, 2)
 
 
@@ -85,8 +85,8 @@ def upstream(N, I, J, D, seed=7):
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     """Route a few rows per chunk, so the chunked loops and the last, shorter chunk are exercised."""
-    monkeypatch.setattr(routing.chunking, "CHUNK_BYTES", 1)
-    monkeypatch.setattr(routing.em, "EM_CHUNK_BYTES", 1)
+    monkeypatch.setattr(routing.cpu.chunking, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(routing.cpu.chunking, "EM_CHUNK_BYTES", 1)
 
 
 CONV_INDEX = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4], [0, 2, 4, 1]])  # 3 windows, 4 of 5 shared children
@@ -176,7 +176,7 @@ def test_dynamic_chunked_matches_one_chunk(layout, detach_inner, monkeypatch):
         return [o.detach() for o in out], [x.grad for x in leaves]
 
     whole, whole_grads = run()
-    monkeypatch.setattr(routing.chunking, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(routing.cpu.chunking, "CHUNK_BYTES", 1)
     chunked, chunked_grads = run()
     for g, w in zip([*chunked, *chunked_grads], [*whole, *whole_grads]):
         assert_close(g, w, atol=1e-13, rtol=1e-12, what="chunked vs one chunk")
@@ -184,6 +184,6 @@ def test_dynamic_chunked_matches_one_chunk(layout, detach_inner, monkeypatch):
 
 
 def test_row_chunks_cover_the_rows_in_whole_groups():
-    chunks = routing.chunking.row_chunks(10, row_bytes=100, group=2, budget=450)
+    chunks = routing.cpu.chunking.row_chunks(10, row_bytes=100, group=2, budget=450)
     assert [(c.start, c.stop) for c in chunks] == [(0, 4), (4, 8), (8, 10)]
-    assert routing.chunking.row_chunks(3, row_bytes=10**9, group=3) == [slice(0, 3)]
+    assert routing.cpu.chunking.row_chunks(3, row_bytes=10**9, group=3) == [slice(0, 3)]

@@ -1,5 +1,5 @@
 """Routing from poses and transforms (``router(poses, activations, transforms=W)``) and the fused CPU path of
-dynamic routing (routing.dynamic_linear): same values and gradients as routing the formed votes."""
+dynamic routing (routing.dynamic.linear, routing.em.linear): same values and gradients as routing the formed votes."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch
 
 import routing
 from capsules.layers import CapsuleLinear
-from routing.linear_fusion import PARENT_MAJOR, PRODUCT
+from routing.cpu.fusion import PARENT_MAJOR, PRODUCT
 from routing.linear_votes import vector_votes
-from routing.workspace import release_workspaces, workspace
+from routing.cpu.workspace import release_workspaces, workspace
 from tests.compare import assert_close
 
 F64 = dict(atol=1e-12, rtol=1e-10)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import routing
+from kernels.em.schedule import inverse_temperatures
 from tests.compare import assert_close
 from tests.naive_routing import naive_dynamic, naive_em
 
@@ -270,8 +271,6 @@ def test_em_activations_in_open_unit_interval_and_tiny_variance_safe():
 
 
 def test_em_lambda_schedule_matches_the_reference():
-    from routing.em import inverse_temperatures
-
     assert inverse_temperatures(3, 0.01) == pytest.approx([0.0005, 0.000975, 0.00142625])
 
 

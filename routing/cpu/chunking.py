@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import torch
 
-# Votes bytes per chunk. Measured on a 2-core AMD EPYC (32 MiB L3 shared with other jobs): dynamic routing at
-# B=128, I=1152, J=10, D=16 (1 thread) ran fastest with chunks of 4 to 8 samples (3 to 6 MiB); 1 sample per
-# chunk pays the Python overhead of many small ops, and 32 samples (24 MiB) no longer stay in the cache. With
-# 2 threads and the fused dense layer (routing.linear_fusion), forward + backward, medians of 7: 2 MiB 139-142 ms,
-# 4 MiB 108-127, 6 MiB 102-106, 8 MiB 99-126, 12 MiB 115, 16 MiB 110-120 (the machine's noise is +-15%).
+from routing.cpu.switch import tuning_enabled
+
+# Votes bytes per chunk of dynamic routing: the fastest of a 2-16 MiB sweep at the dense layer's size (B=128,
+# I=1152, J=10, D=16) on the project's 2-core CPU (experiments/results/throughput.csv holds the layer's times).
 CHUNK_BYTES = 8 * 2**20
+# Votes bytes per chunk of EM routing's rows (it keeps about four chunk-sized buffers live): the fastest of a
+# 1-20 MiB sweep of the ConvCaps and class-capsule layers on the project's 2-core CPU (their times: experiments/results/throughput.csv).
+EM_CHUNK_BYTES = 6 * 2**20
 
 
 def row_chunks(
@@ -24,10 +26,10 @@ def row_chunks(
     """Slices covering range(rows), each a multiple of `group` rows (rows of one sample stay together) and
     about `budget` bytes (CHUNK_BYTES when None; at least one group). `rows` must be a multiple of `group`.
 
-    Only CPU work is chunked: on a GPU (`device` not a CPU) the whole batch is one chunk, since small chunks
-    there would only add kernel launches (and make the PyTorch baseline of the GPU benchmarks unfairly slow).
+    Only CPU work is chunked, and only while the CPU machinery is on (routing.cpu): on a GPU the whole batch is
+    one chunk, since small chunks there would only add kernel launches.
     """
-    if device is not None and torch.device(device).type != "cpu":
+    if (device is not None and torch.device(device).type != "cpu") or not tuning_enabled():
         return [slice(0, rows)]
     budget = CHUNK_BYTES if budget is None else budget
     per_chunk = max(1, budget // max(1, row_bytes * group)) * group

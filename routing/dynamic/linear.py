@@ -1,6 +1,6 @@
-"""Dynamic routing fused with the dense capsule layer's votes, for the CPU (see routing.linear_fusion).
+"""Dynamic routing fused with the dense capsule layer's votes, for the CPU (see routing.cpu.fusion).
 
-``route_linear(poses [B, I, K], transforms [I, J, D, K], activations [B, I] or None, ...)`` returns what
+``route_poses(poses [B, I, K], transforms [I, J, D, K], activations [B, I] or None, ...)`` returns what
 dynamic routing of the votes u_ij = transforms[i, j] @ poses[b, i] returns, with gradients into the poses, the
 transforms and the activations, without the votes ever leaving the call.
 """
@@ -10,18 +10,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.dynamic import output_gradient, route_backward_chunks, route_chunks
-from routing.linear_fusion import (
+from routing.cpu.fusion import (
     as_votes,
     backward_buffers,
     backward_follows,
     forward_buffers,
     poses_and_transforms_gradients,
 )
+from routing.dynamic.backward import backward_chunks, output_gradient
+from routing.dynamic.reference import route_chunks
 from routing.squash import squash
 
 
-class _LinearDynamicRoutingFunction(torch.autograd.Function):
+class LinearDynamicRoutingFunction(torch.autograd.Function):
     """(poses [B, I, K], transforms [I, J, D, K], activations [B, I] or None) -> (v [B, J, D], |v| [B, J],
     c [B, I, J])."""
 
@@ -46,16 +47,16 @@ class _LinearDynamicRoutingFunction(torch.autograd.Function):
         grad_act = None
         if activations is not None and ctx.needs_input_grad[2]:
             grad_act = torch.empty_like(activations)
-        route_backward_chunks(votes, activations, couplings, sums, gv, gc, detach_inner, eps,
-                              as_votes(product, transforms), grad_act)
+        backward_chunks(votes, activations, couplings, sums, gv, gc, detach_inner, eps,
+                        as_votes(product, transforms), grad_act)
         grad_poses, grad_transforms = poses_and_transforms_gradients(product, poses, transforms,
                                                                      ctx.needs_input_grad[:2])
         return grad_poses, grad_transforms, grad_act, None, None, None, None
 
 
-def route_linear(poses: Tensor, transforms: Tensor, activations: Tensor | None, iterations: int,
+def route_poses(poses: Tensor, transforms: Tensor, activations: Tensor | None, iterations: int,
                  detach_inner: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Dynamic routing of the votes transforms[i, j] @ poses[b, i]: (v [B, J, D], |v| [B, J], c [B, I, J])."""
-    return _LinearDynamicRoutingFunction.apply(poses.contiguous(), transforms.contiguous(), activations,
+    return LinearDynamicRoutingFunction.apply(poses.contiguous(), transforms.contiguous(), activations,
                                                iterations, detach_inner, eps,
                                                backward_follows(poses, transforms, activations))

@@ -1,8 +1,8 @@
-"""EM routing fused with a capsule layer's votes, for the CPU (see routing.linear_fusion).
+"""EM routing fused with a capsule layer's votes, for the CPU (see routing.cpu.fusion).
 
-``route_linear(poses [N, I, K], transforms [I, J, D, K], activations [N, I] or None, beta_u, beta_a, ...)``
+``route_poses(poses [N, I, K], transforms [I, J, D, K], activations [N, I] or None, beta_u, beta_a, ...)``
 returns what EM routing of the votes V_ij = transforms[i, j] @ poses[n, i] returns (with ``child_index`` for
-convolutional layers, as routing.em), with gradients into the poses, transforms, activations, beta_u and
+convolutional layers, as routing.em.reference), with gradients into the poses, transforms, activations, beta_u and
 beta_a, without the votes ever leaving the call. 4x4 pose matrices are routed this way with the transform
 kron(I_4, W_ij) (capsules.layers.votes.matrix_transforms).
 """
@@ -12,17 +12,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.em import beta_gradients, em_backward_chunks, em_route_chunks
-from routing.linear_fusion import (
+from routing.cpu.fusion import (
     as_votes,
     backward_buffers,
     backward_follows,
     forward_buffers,
     poses_and_transforms_gradients,
 )
+from routing.em.backward import backward_chunks, beta_gradients
+from routing.em.reference import route_chunks
 
 
-class _LinearEMRoutingFunction(torch.autograd.Function):
+class LinearEMRoutingFunction(torch.autograd.Function):
     """(poses [N, I, K], transforms [I, J, D, K], activations [N, I] or None, beta_u, beta_a [J] or [1],
     child_index [P, I] or None) -> (mu [N, J, D], a_j [N, J], R [N, I, J])."""
 
@@ -30,8 +31,8 @@ class _LinearEMRoutingFunction(torch.autograd.Function):
     def forward(ctx, poses, transforms, activations, beta_u, beta_a, child_index, lambdas, min_var, eps,
                 keep_votes):
         votes, kept, token = forward_buffers(poses, transforms, keep_votes)
-        R, mu, var, logit = em_route_chunks(votes, activations, beta_u, beta_a, child_index, lambdas, min_var,
-                                            eps, keep=kept)
+        R, mu, var, logit = route_chunks(votes, activations, beta_u, beta_a, child_index, lambdas, min_var,
+                                         eps, keep=kept)
         ctx.save_for_backward(poses, transforms, activations, beta_u, child_index, R, mu, var, logit)
         ctx.settings = (lambdas, eps, token)
         ctx.beta_a_like = (beta_a.numel(), beta_a.dtype)
@@ -45,9 +46,9 @@ class _LinearEMRoutingFunction(torch.autograd.Function):
         grad_activations = None
         if activations is not None and ctx.needs_input_grad[2]:
             grad_activations = torch.empty_like(activations)
-        grad_bu, grad_ba = em_backward_chunks(votes, activations, beta_u, child_index, R, mu, var, logit, lambdas,
-                                              eps, grad_mu, grad_act, grad_R, as_votes(product, transforms),
-                                              grad_activations)
+        grad_bu, grad_ba = backward_chunks(votes, activations, beta_u, child_index, R, mu, var, logit, lambdas,
+                                           eps, grad_mu, grad_act, grad_R, as_votes(product, transforms),
+                                           grad_activations)
         grad_beta_u, grad_beta_a = beta_gradients(grad_bu, grad_ba, beta_u, ctx.beta_a_like)
         grad_poses, grad_transforms = poses_and_transforms_gradients(product, poses, transforms,
                                                                      ctx.needs_input_grad[:2])
@@ -55,8 +56,8 @@ class _LinearEMRoutingFunction(torch.autograd.Function):
                 None)
 
 
-def route_linear(poses, transforms, activations, beta_u, beta_a, child_index, lambdas, min_var, eps):
+def route_poses(poses, transforms, activations, beta_u, beta_a, child_index, lambdas, min_var, eps):
     """EM routing of the votes transforms[i, j] @ poses[n, i]: (mu [N, J, D], a_j [N, J], R [N, I, J])."""
-    return _LinearEMRoutingFunction.apply(poses.contiguous(), transforms.contiguous(), activations, beta_u, beta_a,
-                                          child_index, lambdas, min_var, eps,
-                                          backward_follows(poses, transforms, activations, beta_u, beta_a))
+    return LinearEMRoutingFunction.apply(poses.contiguous(), transforms.contiguous(), activations, beta_u, beta_a,
+                                         child_index, lambdas, min_var, eps,
+                                         backward_follows(poses, transforms, activations, beta_u, beta_a))

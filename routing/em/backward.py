@@ -1,4 +1,5 @@
-"""The closed-form backward of EM routing (routing/em.py), for one chunk of rows: the blueprint of the kernels'.
+"""The closed-form backward of EM routing (routing.em.reference), a chunk of rows at a time: the blueprint of the
+kernels'.
 
 Forward of iteration t (per row, parent j, child i, pose entry h; X_t = V - mu_t):
     Rp = R^t a;  m = sum_i Rp;  M = max(m, eps);  c = Rp / M
@@ -27,7 +28,7 @@ R^0 = 1/J is a constant, so the loop ends after the M-step of t = 0.
 
 Numerics: everything is taken relative to the parents' means (recomputed from the saved mu_t, var_t), never as
 moments of V about 0, so nothing cancels for tiny variances: the squares X_t^2 exactly, the linear terms about
-X_{T-1} (see em_backward); the constant <mu, G_mu_tot> is kept apart and drops out exactly in G_Rp when
+X_{T-1} (see backward_chunk); the constant <mu, G_mu_tot> is kept apart and drops out exactly in G_Rp when
 sum_i c = 1. Only R^t, mu_t, var_t and logit_t (1/D of the votes or less) are saved; the votes' gradient is
 written once per chunk.
 """
@@ -37,7 +38,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.dynamic import agreement
+from routing.batched import agreement, parent_major
+from routing.cpu import chunking
 
 
 def shared_children_sum(x: Tensor, child_index: Tensor, groups: int) -> Tensor:
@@ -59,7 +61,7 @@ def assignments_backward(R: Tensor, grad_R: Tensor, child_index: Tensor | None, 
     return RG - R * S
 
 
-def em_backward(
+def backward_chunk(
     V: Tensor,
     a: Tensor,
     R: Tensor,
@@ -153,3 +155,56 @@ def em_backward(
         grad_V.mul_(X)
         flat.baddbmm_(left, torch.stack(shifts, dim=2).view(n * J, K, D))
     return grad_a, grad_bu, grad_ba
+
+
+def backward_chunks(votes, activations, beta_u, child_index, R, mu, var, logit, lambdas, eps, grad_mu, grad_act,
+                       grad_R, grad_votes, grad_activations):
+    """The EM routing backward, a chunk of rows at a time, from the saved R, mu, var, logit [T, N, ...] and the
+    gradients of the outputs (mu [N, J, D], a_j [N, J], R [N, I, J]; any may be None). Writes the votes'
+    gradient into grad_votes (any strides; it may share the votes' memory when they are not parent-major, since
+    each chunk is then copied out before its gradient is written) and the activations' into grad_activations
+    (either may be None); returns the gradients of beta_u and beta_a per row, [N, J] each."""
+    dtype = R.dtype
+    N, I, J, D = votes.shape
+    g_mu = torch.zeros_like(mu[-1]) if grad_mu is None else grad_mu.to(dtype)
+    act = torch.sigmoid(logit[-1])
+    g_logit = torch.zeros_like(act) if grad_act is None else grad_act.to(dtype) * act * (1 - act)
+    g_R = None if grad_R is None else grad_R.to(dtype).transpose(1, 2)
+    bu = beta_u.to(dtype).view(1, -1)
+    group = 1 if child_index is None else child_index.shape[0]
+    groups = 0 if child_index is None else int(child_index.max()) + 1
+    grad_bu, grad_ba = R.new_zeros(N, J), R.new_zeros(N, J)
+    chunks = chunking.row_chunks(N, chunking.votes_row_bytes(votes, dtype), group, chunking.EM_CHUNK_BYTES,
+                                 votes.device)
+    work = R.new_empty((3, chunks[0].stop, J, I, D))  # scratch and, for other layouts, the gradient's chunk
+    for rows in chunks:
+        V = parent_major(votes[rows], dtype)
+        n = V.shape[0]
+        a = child_activations(activations, rows, V)
+        target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [n, J, I, D]
+        direct = target is not None and target.is_contiguous() and target.dtype == dtype
+        gV = target if direct else (None if target is None else work[2, :n])
+        g_a, grad_bu[rows], grad_ba[rows] = backward_chunk(
+            V, a, R[:, rows], mu[:, rows], var[:, rows], logit[:, rows], bu, lambdas, g_mu[rows], g_logit[rows],
+            None if g_R is None else g_R[rows], child_index, groups, eps, gV, work[:2, :n])
+        if target is not None and not direct:
+            target.copy_(gV)
+        if grad_activations is not None:
+            grad_activations[rows] = g_a.squeeze(1)
+    return grad_bu, grad_ba
+
+
+def beta_gradients(grad_bu: Tensor, grad_ba: Tensor, beta_u: Tensor, beta_a_like: tuple[int, torch.dtype]):
+    """Per-row gradients [N, J] summed into those of beta_u and beta_a (per parent type, or one shared)."""
+    J = grad_bu.shape[1]
+    grad_beta_u = grad_bu.sum(0) if beta_u.numel() == J else grad_bu.sum().reshape(1)
+    beta_a_size, beta_a_dtype = beta_a_like
+    grad_beta_a = grad_ba.sum(0) if beta_a_size == J else grad_ba.sum().reshape(1)
+    return grad_beta_u.to(beta_u.dtype), grad_beta_a.to(beta_a_dtype)
+
+
+def child_activations(activations: Tensor | None, rows: slice, V: Tensor) -> Tensor:
+    """Activations of the rows' children as [n, 1, I] in V's dtype (ones when None)."""
+    if activations is None:
+        return V.new_ones(V.shape[0], 1, V.shape[2])
+    return activations[rows].to(V.dtype).unsqueeze(1)

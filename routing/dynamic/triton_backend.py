@@ -1,7 +1,7 @@
-"""The Triton backend of dynamic routing: `routing.create("dynamic", backend="triton")`, or "auto" on CUDA.
+"""The Triton backend of dynamic routing: ``routing.create("dynamic", backend="triton")``, or "auto" on CUDA.
 
-Same options and the same RoutingResult as the PyTorch backend (routing.dynamic); the math runs in the fused
-kernels of kernels.dynamic_routing. Inputs the kernels cannot take (CPU tensors outside the interpreter,
+Same options and the same RoutingResult as the PyTorch backend (routing.dynamic.router); the math runs in the
+fused kernels of kernels.dynamic. Inputs the kernels cannot take (CPU tensors outside the interpreter,
 unsupported dtypes, parent tiles too large for a program) fall back to the PyTorch backend under
 backend="auto" and raise a ValueError saying why under backend="triton".
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from kernels.dynamic_routing import dynamic_routing, unsupported_reason
+from kernels.dynamic.op import dynamic_routing, unsupported_reason
 from kernels.utils import kernel_unavailable_reason
-from routing.dynamic import DynamicRouting
+from routing.dynamic.router import DynamicRouting
 from routing.registry import register
 from routing.result import RoutingResult
 
@@ -29,5 +29,4 @@ class DynamicRoutingTriton(DynamicRouting):
             votes, activations)
         if self.falls_back(reason):
             return super().route(votes, activations)
-        v, length, c = dynamic_routing(votes, activations, self.iterations, self.detach_inner, self.eps)
-        return RoutingResult(v, length, c)
+        return RoutingResult(*dynamic_routing(votes, activations, self.iterations, self.detach_inner, self.eps))

@@ -1,18 +1,18 @@
-"""EM routing backward in Triton: exact gradients through every iteration into votes, activations and betas.
+"""EM routing backward kernels: exact gradients through every iteration into votes, activations and betas.
 
-Per row, iteration t of the forward (see kernels/em_routing_forward.py) has R' = R^t a, mass_j = sum_i R'_ij,
+Per row, iteration t of the forward (see kernels/em/forward.py) has R' = R^t a, mass_j = sum_i R'_ij,
 m_j = max(mass_j, eps), coeff = R' / m, mu = sum_i coeff V, vhat = sum_i coeff (V - mu)^2, var = vhat + min_var,
 cost_j = (D beta_u + 1/2 sum_h log var_jh) mass_j, logit_j = lambda_t (beta_a - cost_j), and (t < T-1)
 L^t_ij = log sigmoid(logit_j) + log N(V_ij; mu_j, var_j), R^{t+1} = softmax_j L^t (or the shared-child
 normalisation). Going back from t = T-1 to 0, with c_j = [mass_j >= eps]:
 
-parents of iteration t (``_em_backward_parents_kernel``, grid (N,)), from the E-step sums G0_j = sum_i gL^t_ij,
+parents of iteration t (``em_backward_parents_kernel``, grid (N,)), from the E-step sums G0_j = sum_i gL^t_ij,
 G1/G2_jh = sum_i gL^t_ij (V - mu)^{1,2} and, for t = T-1, the upstream gradients of mu and sigmoid(logit):
     g_mu = G1 / var (+ upstream),  g_var = G2 / (2 var^2) - G0 / (2 var),  g_logit = G0 sigmoid(-logit) (+ upstream)
     g_cost = -lambda_t g_logit;  g_beta_a += lambda_t g_logit;  g_beta_u += D mass g_cost
     g_var_tot = g_var + g_cost mass / (2 var);  g_mass = g_cost (D beta_u + 1/2 sum_h log var)
     g_mu_tot = g_mu - 2 g_var_tot mu (1 - mass / m)
-children of iteration t (``_em_backward_stage_kernel`` for t >= 1, ``_em_backward_votes_kernel`` for t = 0):
+children of iteration t (``em_backward_stage_kernel`` for t >= 1, ``em_backward_votes_kernel`` for t = 0):
     g_R'_ij = sum_h [g_mu_tot (V - mu) + g_var_tot ((V - mu)^2 - c vhat)] / m + K_j (1 - c_j) / m_j + g_mass_j
               (K_j = sum_h g_mu_tot mu: the part of d mu / d R' that the mean's normaliser cancels when c_j = 1)
     g_a_i += sum_j g_R'_ij R_ij;  g_R^t = g_R' a (+ upstream for t = T-1)
@@ -24,36 +24,23 @@ pass writes the votes' gradient once from them. Votes reads: one per iteration (
 child_index: a first pass writes q for the shared-child sums), and one write of their gradient.
 """
 
+# ruff: noqa: E741 - I is the number of children, the papers' notation
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
-from torch import Tensor
-from torch.library import wrap_triton
 
-from kernels import em_routing_forward as fwd
-from kernels.em_routing_forward import (
-    _assignments,
-    _gaussian_terms,
-    _parent_row,
-    _parent_tile,
-    _sigmoid,
-    _store_partials,
-    _sum_partials,
-    _variance_tile,
-    _votes_tile,
+from kernels.em.tiles import (
+    assignments,
+    gaussian_terms,
+    parent_row,
+    parent_tile,
+    sigmoid,
+    store_partials,
+    sum_partials,
+    variance_tile,
+    votes_tile,
 )
-
-
-def shared_child_sum(q: Tensor, child_index: Tensor, groups: int) -> Tensor:
-    """q [N, I] -> for each (row, child), the sum of q over every (row, child) of the sample that is the same
-    shared child child_index[n % P, i], [N, I]."""
-    N, I = q.shape
-    B = N // child_index.shape[0]
-    flat = child_index.reshape(1, -1).expand(B, -1)
-    total = q.new_zeros(B, groups).scatter_add(1, flat, q.reshape(B, -1))
-    return total.gather(1, flat).reshape(N, I).contiguous()
 
 
 @triton.jit
@@ -62,12 +49,12 @@ def _m_step_terms(mus_ptr, vhats_ptr, masses_ptr, gmus_ptr, gvars_ptr, gmass_ptr
     """Per-parent factors of iteration `slot`'s M-step backward: mu, g_mu_tot / m, g_var_tot / m, c vhat
     [BJ, BD], the constant K (1 - c) / m + g_mass and 1 / m [BJ], and g_mu_tot, g_var_tot [BJ, BD]."""
     eps = tl.load(consts_ptr + 1)
-    mu = _parent_tile(mus_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
-    vhat = _parent_tile(vhats_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
-    mass = _parent_row(masses_ptr, slot, J, BLOCK_J, 0.0)
-    gmu = _parent_tile(gmus_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
-    gvar = _parent_tile(gvars_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
-    gmass = _parent_row(gmass_ptr, slot, J, BLOCK_J, 0.0)
+    mu = parent_tile(mus_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
+    vhat = parent_tile(vhats_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
+    mass = parent_row(masses_ptr, slot, J, BLOCK_J, 0.0)
+    gmu = parent_tile(gmus_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
+    gvar = parent_tile(gvars_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
+    gmass = parent_row(gmass_ptr, slot, J, BLOCK_J, 0.0)
     inv_m = 1.0 / tl.maximum(mass, eps)
     kept = (mass >= eps).to(mu.dtype)  # clamp_min passes the gradient where mass >= eps
     cvhat = kept[:, None] * vhat
@@ -92,7 +79,7 @@ def _accumulate_rows(ptr, offs, value, mask, ACCUMULATE: tl.constexpr):
 
 
 @triton.jit
-def _em_backward_parents_kernel(
+def em_backward_parents_kernel(
     g0_ptr, g1_ptr, g2_ptr, mus_ptr, vhats_ptr, logits_ptr, masses_ptr, beta_u_ptr, consts_ptr,
     grad_pose_ptr, grad_act_ptr, gmus_ptr, gvars_ptr, gmass_ptr, gbu_ptr, gba_ptr, t, N, J, D, NB,
     HAS_E: tl.constexpr, LAST: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -110,23 +97,23 @@ def _em_backward_parents_kernel(
     mask_j = offs_j < J
     mask_jd = mask_j[:, None] & (offs_d < D)[None, :]
     slot = t * N + n
-    mu = _parent_tile(mus_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
-    var = _variance_tile(vhats_ptr, consts_ptr, slot, J, D, BLOCK_J, BLOCK_D)
-    logit = _parent_row(logits_ptr, slot, J, BLOCK_J, 0.0)
-    mass = _parent_row(masses_ptr, slot, J, BLOCK_J, 0.0)
+    mu = parent_tile(mus_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
+    var = variance_tile(vhats_ptr, consts_ptr, slot, J, D, BLOCK_J, BLOCK_D)
+    logit = parent_row(logits_ptr, slot, J, BLOCK_J, 0.0)
+    mass = parent_row(masses_ptr, slot, J, BLOCK_J, 0.0)
     g_mu = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
     g_var = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
     g_logit = tl.zeros([BLOCK_J], dtype=acc)
     if HAS_E:
-        G0, G1, G2 = _sum_partials(g0_ptr, g1_ptr, g2_ptr, n, J, D, NB, BLOCK_J, BLOCK_D)
+        G0, G1, G2 = sum_partials(g0_ptr, g1_ptr, g2_ptr, n, J, D, NB, BLOCK_J, BLOCK_D)
         inv_var = 1.0 / var
         g_mu += G1 * inv_var
         g_var += 0.5 * inv_var * (G2 * inv_var - G0[:, None])
-        g_logit += G0 * _sigmoid(-logit)  # d log sigmoid(x) / dx = sigmoid(-x)
+        g_logit += G0 * sigmoid(-logit)  # d log sigmoid(x) / dx = sigmoid(-x)
     if LAST:
-        g_mu += _parent_tile(grad_pose_ptr, n, J, D, BLOCK_J, BLOCK_D, 0.0).to(acc)
-        a = _sigmoid(logit)
-        g_logit += _parent_row(grad_act_ptr, n, J, BLOCK_J, 0.0).to(acc) * a * (1.0 - a)
+        g_mu += parent_tile(grad_pose_ptr, n, J, D, BLOCK_J, BLOCK_D, 0.0).to(acc)
+        a = sigmoid(logit)
+        g_logit += parent_row(grad_act_ptr, n, J, BLOCK_J, 0.0).to(acc) * a * (1.0 - a)
     eps = tl.load(consts_ptr + 1)
     lam = tl.load(consts_ptr + 2 + t)
     beta_u = tl.load(beta_u_ptr + offs_j, mask=mask_j, other=0.0)
@@ -145,7 +132,7 @@ def _em_backward_parents_kernel(
 
 
 @triton.jit
-def _em_backward_stage_kernel(
+def em_backward_stage_kernel(
     votes_ptr, act_ptr, mus_ptr, vhats_ptr, logits_ptr, masses_ptr, norms_ptr, gmus_ptr, gvars_ptr, gmass_ptr,
     consts_ptr, grad_assign_ptr, q_ptr, coeff_ptr, gl_ptr, gact_ptr, g0_ptr, g1_ptr, g2_ptr,
     t, N, I, J, D, NB, tiles,
@@ -165,24 +152,22 @@ def _em_backward_stage_kernel(
     b = tl.program_id(1)
     acc = mus_ptr.dtype.element_ty
     prev = (t - 1) * N + n
-    mu_p, inv_var_p, bias_p = _gaussian_terms(mus_ptr, vhats_ptr, logits_ptr, consts_ptr, prev, J, D, BLOCK_J, BLOCK_D)
+    mu_p, inv_var_p, bias_p = gaussian_terms(mus_ptr, vhats_ptr, logits_ptr, consts_ptr, prev, J, D, BLOCK_J, BLOCK_D)
     mu, gmu_m, gvar_m, cvhat, offset, inv_m, gmu, gvar = _m_step_terms(
         mus_ptr, vhats_ptr, masses_ptr, gmus_ptr, gvars_ptr, gmass_ptr, consts_ptr, t * N + n, J, D, BLOCK_J, BLOCK_D)
     offs_j = tl.arange(0, BLOCK_J)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_jd = (offs_j < J)[:, None] & (offs_d < D)[None, :]
     G0 = tl.zeros([BLOCK_J], dtype=acc)
     G1 = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
     G2 = tl.zeros([BLOCK_J, BLOCK_D], dtype=acc)
     for k in range(0, tiles):
-        v, offs_i, mask_i, mask_j, mask_ij, mask = _votes_tile(
+        v, offs_i, mask_i, mask_j, mask_ij, mask = votes_tile(
             votes_ptr, n, (b * tiles + k) * BLOCK_I, I, J, D, BLOCK_I, BLOCK_J, BLOCK_D)
         v = v.to(acc)
         row_i = n.to(tl.int64) * I + offs_i
         norm = tl.zeros([BLOCK_I], dtype=acc)
         if SHARED:
             norm = tl.load(norms_ptr + prev.to(tl.int64) * I + offs_i, mask=mask_i, other=0.0)
-        R = _assignments(v, mask_ij, mask_j, mu_p, inv_var_p, bias_p, norm, False, SHARED)
+        R = assignments(v, mask_ij, mask_j, mu_p, inv_var_p, bias_p, norm, False, SHARED)
         a = tl.load(act_ptr + row_i, mask=mask_i, other=0.0).to(acc)
         g_rp = _grad_weighted_votes(v, mu, gmu_m, gvar_m, cvhat, offset, mask_ij)
         g_R = g_rp * a[:, None]
@@ -205,11 +190,11 @@ def _em_backward_stage_kernel(
             G1 += tl.sum(gL[:, :, None] * diff, axis=0)
             G2 += tl.sum(gL[:, :, None] * diff * diff, axis=0)
     if not Q_ONLY:
-        _store_partials(g0_ptr, g1_ptr, g2_ptr, G0, G1, G2, n, b, J, D, NB, BLOCK_J, BLOCK_D)
+        store_partials(g0_ptr, g1_ptr, g2_ptr, G0, G1, G2, n, b, J, D, NB, BLOCK_J, BLOCK_D)
 
 
 @triton.jit
-def _em_backward_votes_kernel(
+def em_backward_votes_kernel(
     votes_ptr, act_ptr, mus_ptr, vhats_ptr, masses_ptr, gmus_ptr, gvars_ptr, gmass_ptr, consts_ptr,
     coeff_ptr, gl_ptr, gvotes_ptr, gact_ptr, T, N, I, J, D,
     ACCUMULATE: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -222,7 +207,7 @@ def _em_backward_votes_kernel(
     """
     n = tl.program_id(0)
     acc = mus_ptr.dtype.element_ty
-    v, offs_i, mask_i, mask_j, mask_ij, mask = _votes_tile(
+    v, offs_i, mask_i, mask_j, mask_ij, mask = votes_tile(
         votes_ptr, n, tl.program_id(1) * BLOCK_I, I, J, D, BLOCK_I, BLOCK_J, BLOCK_D)
     v = v.to(acc)
     offs_j = tl.arange(0, BLOCK_J)
@@ -239,79 +224,17 @@ def _em_backward_votes_kernel(
     offs_ij = offs_i.to(tl.int64)[:, None] * J + offs_j[None, :]
     for t in range(0, T):
         slot = t * N + n
-        mu = _parent_tile(mus_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
+        mu = parent_tile(mus_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
         diff = v - mu[None, :, :]
         if t > 0:
-            gmu = _parent_tile(gmus_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
-            gvar = _parent_tile(gvars_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
+            gmu = parent_tile(gmus_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
+            gvar = parent_tile(gvars_ptr, slot, J, D, BLOCK_J, BLOCK_D, 0.0)
             coeff = tl.load(coeff_ptr + ((t - 1) * N + n).to(tl.int64) * I * J + offs_ij, mask=mask_ij, other=0.0)
             g_v += coeff[:, :, None] * (gmu[None, :, :] + 2.0 * gvar[None, :, :] * diff)
         if t < T - 1:
-            inv_var = 1.0 / _variance_tile(vhats_ptr, consts_ptr, slot, J, D, BLOCK_J, BLOCK_D)
+            inv_var = 1.0 / variance_tile(vhats_ptr, consts_ptr, slot, J, D, BLOCK_J, BLOCK_D)
             gL = tl.load(gl_ptr + slot.to(tl.int64) * I * J + offs_ij, mask=mask_ij, other=0.0)
             g_v -= gL[:, :, None] * diff * inv_var[None, :, :]
     offs = n.to(tl.int64) * I * J * D + offs_i.to(tl.int64)[:, None, None] * (J * D) + offs_j[None, :, None] * D \
         + tl.arange(0, BLOCK_D)[None, None, :]
     tl.store(gvotes_ptr + offs, g_v.to(gvotes_ptr.dtype.element_ty), mask=mask)
-
-
-def em_backward(
-    grad_pose: Tensor,
-    grad_act: Tensor,
-    grad_assign: Tensor,
-    votes: Tensor,
-    activations: Tensor,
-    beta_u: Tensor,
-    mus: Tensor,
-    vhats: Tensor,
-    logits: Tensor,
-    masses: Tensor,
-    norms: Tensor,
-    child_index: Tensor | None,
-    groups: int,
-    final_lambda: float,
-    min_var: float,
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of ``em_forward``'s (poses [N, J, D], activations [N, J], assignments [N, I, J]) with upstream
-    gradients grad_pose/grad_act/grad_assign (any float dtype), from its saved statistics.
-
-    Returns (g_votes [N, I, J, D] in the votes' dtype, g_activations [N, I], and the per-row beta gradients
-    g_beta_u, g_beta_a [N, J], all three in the compute dtype).
-    """
-    N, I, J, D = votes.shape
-    T = mus.shape[0]
-    acc, dev = mus.dtype, votes.device
-    block_i, block_j, block_d = fwd.blocks(I, J, D)
-    tiles, NB = fwd.child_split(N, I, block_i)
-    shared = child_index is not None
-    consts = fwd.constants(T, final_lambda, min_var, eps, acc, dev)
-    alloc = fwd.allocate
-    gmus, gvars, gmass = alloc((T, N, J, D), acc, dev), alloc((T, N, J, D), acc, dev), alloc((T, N, J), acc, dev)
-    gbu, gba, gact = alloc((N, J), acc, dev), alloc((N, J), acc, dev), alloc((N, I), acc, dev)
-    coeff, gl = alloc((T - 1, N, I, J), acc, dev), alloc((T - 1, N, I, J), acc, dev)
-    g0, g1, g2 = alloc((N, NB, J), acc, dev), alloc((N, NB, J, D), acc, dev), alloc((N, NB, J, D), acc, dev)
-    q = alloc((N, I), acc, dev)
-    tile_kw = dict(BLOCK_I=block_i, BLOCK_J=block_j, BLOCK_D=block_d, num_warps=fwd.NUM_WARPS)
-    parent_kw = dict(BLOCK_J=block_j, BLOCK_D=block_d, num_warps=fwd.NUM_WARPS)
-    wrap_triton(_em_backward_parents_kernel)[(N,)](
-        g0, g1, g2, mus, vhats, logits, masses, beta_u, consts, grad_pose, grad_act, gmus, gvars, gmass,
-        gbu, gba, T - 1, N, J, D, NB, HAS_E=False, LAST=True, **parent_kw)
-    for t in range(T - 1, 0, -1):
-        stage_args = (votes, activations, mus, vhats, logits, masses, norms, gmus, gvars, gmass, consts,
-                      grad_assign, q, coeff, gl, gact, g0, g1, g2, t, N, I, J, D, NB, tiles)
-        last = t == T - 1
-        if shared:
-            wrap_triton(_em_backward_stage_kernel)[(N, NB)](
-                *stage_args, SHARED=True, Q_ONLY=True, LAST=last, **tile_kw)
-            q = shared_child_sum(q, child_index, groups)
-        wrap_triton(_em_backward_stage_kernel)[(N, NB)](
-            *stage_args[:12], q, *stage_args[13:], SHARED=shared, Q_ONLY=False, LAST=last, **tile_kw)
-        wrap_triton(_em_backward_parents_kernel)[(N,)](
-            g0, g1, g2, mus, vhats, logits, masses, beta_u, consts, grad_pose, grad_act, gmus, gvars, gmass,
-            gbu, gba, t - 1, N, J, D, NB, HAS_E=True, LAST=False, **parent_kw)
-    gvotes = alloc((N, I, J, D), votes.dtype, dev)
-    wrap_triton(_em_backward_votes_kernel)[(N, triton.cdiv(I, block_i))](
-        votes, activations, mus, vhats, masses, gmus, gvars, gmass, consts, coeff, gl, gvotes, gact,
-        T, N, I, J, D, ACCUMULATE=T > 1, **tile_kw)
-    return gvotes, gact, gbu, gba

@@ -1,7 +1,7 @@
-"""What the fused dense-layer routers (routing.dynamic_linear, routing.em_linear) share.
+"""The two-buffer protocol of the fused dense-layer routers (routing.dynamic.linear, routing.em.linear).
 
 A fused router takes poses [B, I, K] and transforms [I, J, D, K] instead of votes. It writes the votes product
-[I, B, J*D] into this thread's reusable buffer (routing.workspace) and routes from a second buffer that holds
+[I, B, J*D] into this thread's reusable buffer (routing.cpu.workspace) and routes from a second buffer that holds
 the votes parent-major, [B, J, I, D], filled chunk by chunk while routing. Its backward reads the parent-major
 votes as they are (or forms them again when another call has claimed the buffers since), writes the votes'
 gradient into the product's buffer and turns it into the poses' and transforms' gradients with two batched
@@ -14,18 +14,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.workspace import workspace
+from routing.cpu.switch import tuning_enabled
+from routing.cpu.workspace import workspace
 
 PRODUCT, PARENT_MAJOR = "linear votes", "linear parent-major votes"
 
 
 def fusable(*tensors: Tensor | None) -> bool:
-    """Whether the fused CPU path applies: CPU tensors of one full-precision dtype (None entries ignored),
-    outside autocast and torch.compile (which trace the unfused path)."""
+    """Whether the fused CPU path applies: the CPU machinery on (routing.cpu), CPU tensors of one full-precision
+    dtype (None entries ignored), outside autocast and torch.compile (which trace the unfused path)."""
     present = [t for t in tensors if t is not None]
     dtype = present[0].dtype
     return (
-        all(t.device.type == "cpu" and t.dtype == dtype for t in present)
+        tuning_enabled()
+        and all(t.device.type == "cpu" and t.dtype == dtype for t in present)
         and dtype in (torch.float32, torch.float64)
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
@@ -85,9 +87,8 @@ def poses_and_transforms_gradients(
     """Gradients of poses [B, I, K] and transforms [I, J, D, K] from that of the product [I, B, J*D]."""
     I, J, D, K = transforms.shape
     grad_poses = grad_transforms = None
-    # Both products put the small K on the rows: at B=128, I=1152, J*D=160, K=8 (2 threads) [I, K, J*D] @
-    # [I, J*D, B] took 12 ms against 17 ms for [I, B, J*D] @ [I, J*D, K], and [I, K, B] @ [I, B, J*D] 7 ms
-    # against 48 ms for the transforms' gradient written as [I, J*D, K] directly.
+    # Both products put the small K on the rows: at the dense layer's size this was faster on the project's CPU
+    # than either product with K on the columns (several times so for the transforms' gradient).
     if needs[0]:  # [I, K, J*D] @ [I, J*D, B] -> [I, K, B], read as [B, I, K]
         grad_poses = torch.bmm(transforms.view(I, J * D, K).transpose(1, 2), grad_product.transpose(1, 2))
         grad_poses = grad_poses.permute(2, 0, 1)

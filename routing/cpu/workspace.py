@@ -2,7 +2,7 @@
 
 A fresh CPU tensor of tens of MB is mapped anew by the allocator and page-faults on its first write, and with
 transparent huge pages in "madvise" mode a fault may also wait for the kernel to compact memory: the layer
-timings then vary from call to call. A fused layer (routing.dynamic_linear) instead writes its votes, and later
+timings then vary from call to call. A fused dense-layer router (routing.cpu.fusion) instead writes its votes, and later
 their gradient, into one buffer per thread that lives as long as the process, so after the first call no
 votes-sized memory is mapped at all.
 
@@ -19,7 +19,7 @@ import threading
 import torch
 from torch import Tensor
 
-from routing.memory import advise_huge_pages
+from routing.cpu.memory import advise_huge_pages
 
 _local = threading.local()
 

@@ -1,0 +1,96 @@
+"""Dynamic routing by agreement (Sabour, Frosst & Hinton 2017, Procedure 1): the reference PyTorch math.
+
+Per sample, with logits b [I, J] starting at 0 and iterations r = 1..T:
+    c = softmax_j(b);  s_j = sum_i c_ij a_i u_ij;  v_j = squash(s_j);  b_ij += <u_ij, v_j>  (not after the last)
+The children's activations a_i (ones when not given) weight each vote in the sum.
+
+The votes are used parent-major, [B, J, I, D] (a free view when the caller produced them in that layout, else a
+copy of a few samples at a time), so every sum over children and every agreement is a batched matrix-vector
+product (routing.batched). On the CPU samples are routed in cache-sized chunks (routing.cpu.chunking). The
+autograd Function saves only the couplings and pre-squash sums of every iteration; its backward is written out
+in routing.dynamic.backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from kernels.utils import accumulation_dtype
+from routing.batched import agreement, parent_major, weighted_sum
+from routing.cpu.chunking import row_chunks, votes_row_bytes
+from routing.cpu.memory import empty_like_on_huge_pages, new_empty_on_huge_pages
+from routing.dynamic.backward import backward_chunks, output_gradient
+from routing.squash import squash
+
+
+def route_chunk(u: Tensor, a: Tensor | None, iterations: int, eps: float, couplings: Tensor, sums: Tensor) -> None:
+    """u [B, J, I, D], a [B, 1, I] or None; writes couplings [T, B, J, I] and pre-squash sums s [T, B, J, D]."""
+    B, J, I, _ = u.shape
+    logits = u.new_zeros(B, J, I)
+    for r in range(iterations):
+        c = logits.softmax(dim=1)  # over parents
+        s = weighted_sum(c if a is None else c * a, u)  # [B, J, D]
+        couplings[r] = c
+        sums[r] = s
+        if r < iterations - 1:
+            logits += agreement(u, squash(s, eps=eps))
+
+
+def route_chunks(
+    votes: Tensor, activations: Tensor | None, iterations: int, eps: float, keep: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Route votes [B, I, J, D] (any strides) a cache-sized chunk of samples at a time.
+
+    Returns the couplings [T, B, J, I] and pre-squash sums [T, B, J, D] of every iteration (in float32 for
+    half-precision votes). `keep` (a contiguous [B, J, I, D] in the accumulation dtype, or None) receives the
+    parent-major votes, which the backward can then read without reordering them again."""
+    dtype = accumulation_dtype(votes.dtype)
+    B, I, J, D = votes.shape
+    couplings = new_empty_on_huge_pages(votes, (iterations, B, J, I), dtype)
+    sums = votes.new_empty((iterations, B, J, D), dtype=dtype)
+    for rows in row_chunks(B, votes_row_bytes(votes, dtype), device=votes.device):
+        u = parent_major(votes[rows], dtype) if keep is None else keep[rows].copy_(votes[rows].transpose(1, 2))
+        a = None if activations is None else activations[rows].to(dtype).unsqueeze(1)
+        route_chunk(u, a, iterations, eps, couplings[:, rows], sums[:, rows])
+    return couplings, sums
+
+
+class DynamicRoutingFunction(torch.autograd.Function):
+    """(votes [B, I, J, D], activations [B, I] or None, iterations, detach_inner, eps) -> (v [B, J, D],
+    |v| [B, J], c [B, I, J]), in the votes' dtype.
+
+    Only the couplings and pre-squash sums are saved; the backward reads the votes again from the caller's
+    tensor, a chunk at a time (routing.dynamic.backward).
+    """
+
+    @staticmethod
+    def forward(ctx, votes: Tensor, activations: Tensor | None, iterations: int, detach_inner: bool, eps: float):
+        couplings, sums = route_chunks(votes, activations, iterations, eps)
+        v = squash(sums[-1], eps=eps)
+        length = torch.linalg.vector_norm(v, dim=-1)
+        ctx.save_for_backward(votes, activations, couplings, sums, v, length)
+        ctx.settings = (detach_inner, eps)
+        out_dtype = votes.dtype
+        return v.to(out_dtype), length.to(out_dtype), couplings[-1].transpose(1, 2).to(out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_v: Tensor | None, grad_length: Tensor | None, grad_c: Tensor | None):
+        votes, activations, couplings, sums, v, length = ctx.saved_tensors
+        detach_inner, eps = ctx.settings
+        gv = output_gradient(v, length, grad_v, grad_length)
+        gc = None if grad_c is None else grad_c.to(v.dtype).transpose(1, 2)
+        # empty_like keeps the votes' strides: a parent-major caller gets a parent-major gradient, written in place
+        grad_votes = empty_like_on_huge_pages(votes) if ctx.needs_input_grad[0] else None
+        grad_act = None
+        if activations is not None and ctx.needs_input_grad[1]:
+            grad_act = torch.empty_like(activations)
+        backward_chunks(votes, activations, couplings, sums, gv, gc, detach_inner, eps, grad_votes, grad_act)
+        return grad_votes, grad_act, None, None, None
+
+
+def route_votes(
+    votes: Tensor, activations: Tensor | None, iterations: int, detach_inner: bool, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Dynamic routing of votes [B, I, J, D]: (v [B, J, D], |v| [B, J], c [B, I, J]), differentiable."""
+    return DynamicRoutingFunction.apply(votes, activations, iterations, detach_inner, eps)
