@@ -3,7 +3,6 @@
 Only torch is imported here, so the checks work where triton is not installed.
 """
 
-# ruff: noqa: E741 - I is the number of children, the papers' notation
 from __future__ import annotations
 
 from torch import Tensor

@@ -177,8 +177,8 @@ def _check_normalisation(ctx: _Context, router: Router, shape, device) -> None:
     if bool((assignments < 0).any()):
         raise ctx.fail(check, f"assignments must be >= 0, got a minimum of {float(assignments.min()):.3g}")
     total = assignments.sum(dim=2 if kind == "parents" else 1)
-    ctx.close(check, f"assignments summed over {kind} ({'dim 2, per child' if kind == 'parents' else 'dim 1, per parent'})",
-              total, torch.ones_like(total), rtol=0, atol=1e-9)
+    per = "dim 2, per child" if kind == "parents" else "dim 1, per parent"
+    ctx.close(check, f"assignments summed over {kind} ({per})", total, torch.ones_like(total), rtol=0, atol=1e-9)
 
 
 def _check_batch_independence(ctx: _Context, router: Router, shape, device) -> None:

@@ -31,7 +31,8 @@ def check_votes(votes: Tensor, activations: Tensor | None, name: str, scan_votes
     """Check votes [B, I, J, D] and optional activations [B, I]; raise ValueError saying what was expected.
     The NaN/Inf scan (while enabled) covers the votes too unless scan_votes is False."""
     if not isinstance(votes, Tensor):
-        raise ValueError(f"{name} routing: votes must be a torch.Tensor of shape [B, I, J, D], got {type(votes).__name__}")
+        raise ValueError(
+            f"{name} routing: votes must be a torch.Tensor of shape [B, I, J, D], got {type(votes).__name__}")
     if votes.ndim != 4:
         raise ValueError(
             f"{name} routing: votes must have 4 dims [B, I, J, D] (batch, children, parents, pose size), "

@@ -82,7 +82,8 @@ def naive_em(
                 rp = [R[n][i][j] * a_in[n, i] for i in range(I)]
                 mass = sum(rp)
                 mu = sum(rp[i] * votes[n, i, j] for i in range(I)) / max(mass, mass.new_tensor(eps))
-                var = sum(rp[i] * (votes[n, i, j] - mu) ** 2 for i in range(I)) / max(mass, mass.new_tensor(eps)) + min_var
+                spread = sum(rp[i] * (votes[n, i, j] - mu) ** 2 for i in range(I))
+                var = spread / max(mass, mass.new_tensor(eps)) + min_var
                 cost = sum((bu[j] + torch.log(torch.sqrt(var[h]))) * mass for h in range(D))
                 a_n.append(torch.sigmoid(lam * (ba[j] - cost)))
                 mu_n.append(mu)

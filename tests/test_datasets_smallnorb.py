@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_smallnorb import FakeSplit, file_name, write_split
 from torch.utils.data import DataLoader
 
 from capsules.datasets import DatasetFileError, SmallNORB
 from capsules.datasets.norb_format import write_matrix
 from capsules.datasets.transforms import standardize
-from helpers_smallnorb import FakeSplit, file_name, write_split
 
 FAMILIAR = {"azimuth": {0, 2, 4, 30, 32, 34}, "elevation": {0, 1, 2}}
 COLUMN = {"elevation": 1, "azimuth": 2}

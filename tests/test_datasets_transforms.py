@@ -35,7 +35,7 @@ def test_random_shift_translates_each_image_with_zero_fill():
     images = torch.randint(1, 256, (24, 2, 9, 7), dtype=torch.uint8)  # no zero pixels: the fill is visible
     shifted = random_shift(images, 2, torch.Generator().manual_seed(0))
     assert shifted.shape == images.shape and shifted.dtype == torch.uint8
-    found = [shifts_matching(s, image, 2) for s, image in zip(shifted, images)]
+    found = [shifts_matching(s, image, 2) for s, image in zip(shifted, images, strict=False)]
     assert all(len(matches) == 1 for matches in found)
     assert len({matches[0] for matches in found}) > 5  # independent draws per image
 
@@ -51,7 +51,7 @@ def test_random_crop_takes_a_window_of_each_image():
     images = torch.arange(5 * 2 * 10 * 12, dtype=torch.float32).reshape(5, 2, 10, 12)
     crops = random_crop(images, 6, torch.Generator().manual_seed(1))
     assert crops.shape == (5, 2, 6, 6)
-    for crop, image in zip(crops, images):
+    for crop, image in zip(crops, images, strict=False):
         top, left = divmod(int(crop[0, 0, 0] - image[0, 0, 0]), 12)
         assert torch.equal(crop, image[:, top:top + 6, left:left + 6])
     assert torch.equal(center_crop(images, 6), images[:, :, 2:8, 3:9])

@@ -18,10 +18,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-import kernels.dynamic_routing as kernel  # noqa: E402
-import routing  # noqa: E402
-import routing.dynamic_triton  # noqa: E402,F401  (registers backend "triton")
-from kernels.utils import interpreter_enabled  # noqa: E402
+import kernels.dynamic.op as kernel  # noqa: E402
+import routing  # noqa: E402  (registers backend "triton" where triton is installed)
+from kernels.utils import accumulation_dtype, interpreter_enabled  # noqa: E402
 from tests.compare import assert_close  # noqa: E402
 
 DEVICE = torch.device("cpu" if interpreter_enabled() or not torch.cuda.is_available() else "cuda")
@@ -61,7 +60,7 @@ def run_and_grad(fn, votes, acts, grads, with_c=True):
         leaves.append(acts.detach().clone().requires_grad_())
     out = fn(leaves[0], leaves[1] if acts is not None else None)
     used = 3 if with_c else 2  # without c, the couplings' gradient never reaches the backward
-    torch.autograd.backward(list(out[:used]), [g.to(o.dtype) for g, o in zip(grads[:used], out[:used])])
+    torch.autograd.backward(list(out[:used]), [g.to(o.dtype) for g, o in zip(grads[:used], out[:used], strict=False)])
     return out, [x.grad for x in leaves]
 
 
@@ -79,10 +78,10 @@ def check_against_torch(votes, acts, iterations, detach_inner, tolerances, with_
     want, want_grads = run_and_grad(reference, votes.double(), None if acts is None else acts.double(), grads, with_c)
     got, got_grads = run_and_grad(
         lambda v, a: kernel.dynamic_routing(v, a, iterations, detach_inner, EPS, **config), votes, acts, grads, with_c)
-    for name, g, w in zip(("poses", "activations", "assignments"), got, want):
+    for name, g, w in zip(("poses", "activations", "assignments"), got, want, strict=False):
         assert g.dtype == votes.dtype, f"{name}: dtype {g.dtype} != votes' {votes.dtype}"
         assert_close(g, w, atol=atol, rtol=rtol, what=name)
-    for name, g, w in zip(("votes' gradient", "activations' gradient"), got_grads, want_grads):
+    for name, g, w in zip(("votes' gradient", "activations' gradient"), got_grads, want_grads, strict=False):
         assert_close(g, w, atol=atol, rtol=rtol, what=name)
 
 
@@ -140,21 +139,22 @@ def test_lower_precision_within_tolerance(precision):
 
 def test_router_uses_the_kernels_and_returns_a_routing_result(monkeypatch):
     calls = []
-    original = routing.dynamic_triton.dynamic_routing
-    monkeypatch.setattr(routing.dynamic_triton, "dynamic_routing", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = routing.dynamic.triton_backend.dynamic_routing
+    monkeypatch.setattr(routing.dynamic.triton_backend, "dynamic_routing",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
     votes, acts = make_inputs(2, 5, 3, 4)
     router = routing.create("dynamic", backend="triton", iterations=2)
     result = router(votes, acts)
     want = routing.create("dynamic", backend="torch", iterations=2)(votes, acts)
     assert calls and isinstance(result, routing.RoutingResult)
-    for name, g, w in zip(result._fields, result, want):
+    for name, g, w in zip(result._fields, result, want, strict=False):
         assert_close(g, w, atol=1e-12, rtol=1e-10, what=name)
 
 
 def test_auto_backend_never_picks_the_interpreter(monkeypatch):
     if DEVICE.type == "cuda":
         pytest.skip("checks CPU tensors under the interpreter")
-    monkeypatch.setattr(routing.dynamic_triton, "dynamic_routing", lambda *a, **k: pytest.fail("kernel called"))
+    monkeypatch.setattr(routing.dynamic.triton_backend, "dynamic_routing", lambda *a, **k: pytest.fail("kernel called"))
     router = routing.create("dynamic", backend="auto")
     assert router.backend == "triton"
     votes, acts = make_inputs(2, 5, 3, 4)
@@ -216,7 +216,7 @@ def test_dynamo_traces_the_router_without_graph_breaks():
     want = loss(*eager_leaves)
     want_grads = torch.autograd.grad(want, eager_leaves)
     assert_close(got, want, atol=0, rtol=0, what="loss")
-    for g, w in zip(got_grads, want_grads):
+    for g, w in zip(got_grads, want_grads, strict=False):
         assert_close(g, w, atol=0, rtol=0, what="gradient")
 
 
@@ -228,7 +228,7 @@ def register_interpreter_fakes() -> None:
     @kernel.dynamic_routing_forward.register_fake
     def _(votes, activations, iterations, eps, block_i, blocks_per_program):
         B, I, J, D = votes.shape
-        buffers = [votes.new_empty(iterations, B, J, D, dtype=kernel.accumulation_dtype(votes.dtype))] * 3
+        buffers = [votes.new_empty(iterations, B, J, D, dtype=accumulation_dtype(votes.dtype))] * 3
         return votes.new_empty(B, J, D), votes.new_empty(B, J), votes.new_empty(B, I, J), *buffers
 
     @kernel.dynamic_routing_backward.register_fake
@@ -244,7 +244,8 @@ import itertools, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import kernels.dynamic_routing as K
+from kernels.dynamic.backward import dynamic_routing_backward_kernel
+from kernels.dynamic.forward import dynamic_routing_forward_kernel
 
 def compile_for_sm90(kernel, io, acc, constexprs):
     signature = {}
@@ -263,11 +264,11 @@ for (io, acc), (bi, bj, bd) in itertools.product([("fp32", "fp32"), ("bf16", "fp
                                                  [(8, 16, 16), (1, 1, 1)]):
     blocks = dict(BLOCK_I=bi, BLOCK_J=bj, BLOCK_D=bd)
     for has_act, last in [(True, True), (False, False)]:
-        compile_for_sm90(K._dynamic_routing_forward_kernel, io, acc,
+        compile_for_sm90(dynamic_routing_forward_kernel, io, acc,
                          dict(HAS_ACT=has_act, LAST=last, **blocks, **({} if has_act else {"a_ptr": None})))
     for has_act, final in [(True, True), (False, False)]:
         extra = {} if has_act else {"a_ptr": None, "grad_c_ptr": None}
-        compile_for_sm90(K._dynamic_routing_backward_kernel, io, acc,
+        compile_for_sm90(dynamic_routing_backward_kernel, io, acc,
                          dict(HAS_ACT=has_act, HAS_GRAD_C=has_act, FINAL=final, **blocks, **extra))
 print("compiled")
 """

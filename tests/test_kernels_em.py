@@ -1,4 +1,4 @@
-"""The Triton EM routing kernels against the PyTorch backend (routing/em.py), on the CPU under TRITON_INTERPRET=1:
+"""The Triton EM routing kernels against the PyTorch backend (routing.em), on the CPU under TRITON_INTERPRET=1:
 outputs and every gradient, awkward shapes, 1..5 iterations, the convolutional normalisation, extreme inputs,
 half precisions, poisoned buffers, and the router's fallback and errors."""
 
@@ -13,10 +13,9 @@ if not torch.cuda.is_available():
 
 import pytest
 
-import routing
-import routing.em_triton  # noqa: F401  (registers em/triton)
-from kernels import em_routing_forward
-from kernels.em_routing import em_routing
+import kernels.em.op as em_op
+import routing  # registers em/triton where triton is installed
+from kernels.em.op import em_routing
 from tests.compare import assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -49,7 +48,8 @@ def run(router, votes, acts, child_index, grads, dtype):
     v = votes.to(device, dtype).clone().requires_grad_()
     a = None if acts is None else acts.to(device, dtype).clone().requires_grad_()
     out = router(v, a, child_index=child_index)
-    used = [(o, g) for o, g in zip(out, grads) if o.requires_grad]  # R of a 1-iteration routing is a constant
+    # R of a 1-iteration routing is a constant
+    used = [(o, g) for o, g in zip(out, grads, strict=False) if o.requires_grad]
     torch.autograd.backward([o for o, _ in used], [g.to(device, dtype) for _, g in used])
     return list(out), [v.grad, None if a is None else a.grad, router.beta_u.grad, router.beta_a.grad]
 
@@ -65,10 +65,10 @@ def compare(votes, acts, *, J, iterations=3, out_caps=True, final_lambda=1.0, ch
     grads = [torch.randn(s, generator=g, dtype=torch.float64) for s in ((N, J, D), (N, J), (N, I, J))]
     want, want_grads = run(ref, votes, acts, child_index, grads, torch.float64)
     got, got_grads = run(tri, votes, acts, child_index, grads, dtype)
-    for name, x, y in zip(("poses", "activations", "assignments"), got, want):
+    for name, x, y in zip(("poses", "activations", "assignments"), got, want, strict=False):
         assert x.dtype == dtype
         assert_close(x, y, atol=atol, rtol=rtol, what=name)
-    for name, x, y in zip(("votes", "activations", "beta_u", "beta_a"), got_grads, want_grads):
+    for name, x, y in zip(("votes", "activations", "beta_u", "beta_a"), got_grads, want_grads, strict=False):
         if y is not None:
             assert_close(x, y, atol=atol * max(1.0, float(y.abs().max())), rtol=rtol, what=f"gradient of {name}")
     return got, got_grads
@@ -77,10 +77,10 @@ def compare(votes, acts, *, J, iterations=3, out_caps=True, final_lambda=1.0, ch
 def use_small_tiles(monkeypatch, shape, tile_elements, target_programs):
     """Shrink the tiles so that a row of `shape` is split into several programs of several tiles each, and the
     partial sums and their reduction are exercised."""
-    monkeypatch.setattr(em_routing_forward, "TILE_ELEMENTS", tile_elements)
-    monkeypatch.setattr(em_routing_forward, "TARGET_PROGRAMS", target_programs)
+    monkeypatch.setattr(em_op, "TILE_ELEMENTS", tile_elements)
+    monkeypatch.setattr(em_op, "TARGET_PROGRAMS", target_programs)
     N, I, J, D = shape
-    tiles, programs = em_routing_forward.child_split(N, I, em_routing_forward.blocks(I, J, D)[0])
+    tiles, programs = em_op.child_split(N, I, em_op.blocks(I, J, D)[0])
     assert tiles > 1 and programs > 1
 
 
@@ -164,7 +164,7 @@ def test_extreme_votes_exact_in_float64_and_finite_in_lower_precisions(case):
         low_votes, low_acts = votes.to(dtype).double(), acts.to(dtype).double()
         want, want_grads = run(ref.float(), low_votes, low_acts, None, grads, torch.float32)
         got, got_grads = run(tri.float(), low_votes, low_acts, None, grads, dtype)
-        for x, y in zip([*got, *got_grads], [*want, *want_grads]):
+        for x, y in zip([*got, *got_grads], [*want, *want_grads], strict=False):
             assert torch.isfinite(y).all()
             assert torch.isfinite(x).all(), f"{case}, {dtype}: non-finite values where the torch backend has none"
 
@@ -185,10 +185,10 @@ def test_poisoned_buffers_are_all_overwritten(monkeypatch, iterations, conv):
     votes, acts = make_inputs(6, 4, 2, 3) if conv else make_inputs(2, 5, 3, 4)
     child_index = CHILD_INDEX if conv else None
     clean = compare(votes, acts, J=votes.shape[2], iterations=iterations, child_index=child_index)
-    monkeypatch.setattr(em_routing_forward, "allocate",
+    monkeypatch.setattr(em_op, "allocate",
                         lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
     poisoned = compare(votes, acts, J=votes.shape[2], iterations=iterations, child_index=child_index)
-    for x, y in zip([*clean[0], *clean[1]], [*poisoned[0], *poisoned[1]]):
+    for x, y in zip([*clean[0], *clean[1]], [*poisoned[0], *poisoned[1]], strict=False):
         assert torch.equal(x, y)
 
 
@@ -203,7 +203,7 @@ def test_auto_backend_falls_back_to_torch_on_cpu_tensors():
     votes, acts = make_inputs(2, 5, 3, 4)
     router = routing.create("em", backend="auto", out_caps=3).double()
     want = routing.create("em", backend="torch", out_caps=3).double()(votes, acts)
-    for x, y in zip(router(votes, acts), want):
+    for x, y in zip(router(votes, acts), want, strict=False):
         assert torch.equal(x, y)
 
 

@@ -369,7 +369,7 @@ def test_decoder_is_sabours_and_masks_by_label_in_training_and_by_the_longest_ca
     small(poses, lengths, labels)
     small.eval()
     small(poses, lengths, labels)
-    for seen, chosen in zip(inputs, (labels, lengths.argmax(1))):
+    for seen, chosen in zip(inputs, (labels, lengths.argmax(1)), strict=False):
         want = torch.zeros(2, 3, 2, dtype=torch.float64)
         want[torch.arange(2), chosen] = poses[torch.arange(2), chosen]
         assert torch.equal(seen, want.flatten(1))

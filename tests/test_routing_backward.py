@@ -1,6 +1,6 @@
 """The written-out backwards of the PyTorch routing backends against plain autograd, over chunking and layouts.
 
-routing/em.py and routing/dynamic.py route a cache-sized chunk of rows at a time and write the votes' gradient
+routing.em and routing.dynamic route a cache-sized chunk of rows at a time and write the votes' gradient
 in closed form; here they are compared with a plain-autograd EM (the textbook vectorised loop) and with
 themselves in one chunk, on several chunks, both votes layouts, the convolutional child_index mode, float32
 inputs with tiny variances against float64, and half inputs.
@@ -40,7 +40,8 @@ def autograd_em(votes, acts, beta_u, beta_a, iterations, child_index=None, final
         logit = lam * (ba - cost)
         if t == iterations - 1:
             break
-        log_p = -0.5 * ((diff2 / var.unsqueeze(2)).sum(-1) + (torch.log(var) + math.log(2 * math.pi)).sum(-1, keepdim=True))
+        log_norm = (torch.log(var) + math.log(2 * math.pi)).sum(-1, keepdim=True)
+        log_p = -0.5 * ((diff2 / var.unsqueeze(2)).sum(-1) + log_norm)
         log_num = F.logsigmoid(logit).unsqueeze(-1) + log_p
         if child_index is None:
             R = log_num.softmax(dim=1)
@@ -71,7 +72,8 @@ def run_em(votes, acts, beta_u, beta_a, iterations, child_index, grads, fn=None)
         out = torch.func.functional_call(router, params, (leaves[0], leaves[1]), {"child_index": child_index})
     else:
         out = fn(leaves[0], leaves[1], leaves[2], leaves[3], iterations, child_index)
-    pairs = [(o, g.to(o.dtype)) for o, g in zip(out, grads) if o.requires_grad]  # R of 1 iteration is constant
+    # R of 1 iteration is constant
+    pairs = [(o, g.to(o.dtype)) for o, g in zip(out, grads, strict=False) if o.requires_grad]
     torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
     return [o.detach() for o in out], [x.grad for x in leaves]
 
@@ -102,9 +104,9 @@ def test_em_closed_form_backward_matches_autograd(iterations, layout, conv, tiny
     grads = upstream(N, I, J, D)
     got, got_grads = run_em(votes, acts, bu, ba, iterations, child_index, grads)
     want, want_grads = run_em(votes, acts, bu, ba, iterations, child_index, grads, fn=autograd_em)
-    for name, g, w in zip(("poses", "activations", "assignments"), got, want):
+    for name, g, w in zip(("poses", "activations", "assignments"), got, want, strict=False):
         assert_close(g, w, atol=1e-12, rtol=1e-10, what=name)
-    for name, g, w in zip(("votes", "activations", "beta_u", "beta_a"), got_grads, want_grads):
+    for name, g, w in zip(("votes", "activations", "beta_u", "beta_a"), got_grads, want_grads, strict=False):
         assert_close(g, w, atol=1e-11, rtol=1e-9, what=f"gradient of {name}")
     assert got_grads[0].stride() == votes.stride()  # the gradient comes in the votes' own layout
 
@@ -119,7 +121,9 @@ def test_em_without_activations_and_with_shared_betas(tiny_chunks):
     out = router(leaf)
     bu, ba = router.beta_u.detach().clone().requires_grad_(), router.beta_a.detach().clone().requires_grad_()
     want = autograd_em(ref, None, bu.expand(3), ba.expand(3), 3)
-    loss = lambda o: (o[0] * torch.linspace(-1, 1, o[0].numel(), dtype=o[0].dtype).view_as(o[0])).sum() + o[1].sum()
+    def loss(o):
+        return (o[0] * torch.linspace(-1, 1, o[0].numel(), dtype=o[0].dtype).view_as(o[0])).sum() + o[1].sum()
+
     loss(out).backward()
     loss(want).backward()
     for name, g, w in [("votes", leaf.grad, ref.grad), ("beta_u", router.beta_u.grad, bu.grad),
@@ -140,9 +144,10 @@ def test_em_float32_with_tiny_variances_is_as_accurate_as_plain_float32():
     plain, plain_grads = run_em(*single, 3, None, grads, fn=autograd_em)
     got, got_grads = run_em(*single, 3, None, grads)
     names = ("poses", "activations", "assignments", "grad votes", "grad activations", "grad beta_u", "grad beta_a")
-    for name, g, p, e in zip(names, [*got, *got_grads], [*plain, *plain_grads], [*exact, *exact_grads]):
+    for name, g, p, e in zip(names, [*got, *got_grads], [*plain, *plain_grads], [*exact, *exact_grads], strict=False):
         err, plain_err = (g.double() - e).abs().max().item(), (p.double() - e).abs().max().item()
-        assert err <= 2 * plain_err + 1e-6 * e.abs().max().item(), f"{name}: error {err:.3e}, plain float32 {plain_err:.3e}"
+        assert err <= 2 * plain_err + 1e-6 * e.abs().max().item(), \
+            f"{name}: error {err:.3e}, plain float32 {plain_err:.3e}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -152,10 +157,10 @@ def test_em_half_inputs_compute_in_float32(dtype, tiny_chunks):
     grads = upstream(N, I, J, D)
     exact, exact_grads = run_em(votes, acts, bu, ba, 3, CONV_INDEX, grads)
     low, low_grads = run_em(votes.to(dtype), acts.to(dtype), bu.float(), ba.float(), 3, CONV_INDEX, grads)
-    for name, g, w in zip(("poses", "activations", "assignments"), low, exact):
+    for name, g, w in zip(("poses", "activations", "assignments"), low, exact, strict=False):
         assert g.dtype == dtype
         assert_close(g, w, atol=2e-2, rtol=2e-2, what=f"{dtype} {name}")
-    for name, g, w in zip(("votes", "activations"), low_grads[:2], exact_grads[:2]):
+    for name, g, w in zip(("votes", "activations"), low_grads[:2], exact_grads[:2], strict=False):
         assert g.dtype == dtype
         assert_close(g, w, atol=2e-2 * w.abs().max().item(), rtol=2e-2, what=f"{dtype} gradient of {name}")
 
@@ -178,7 +183,7 @@ def test_dynamic_chunked_matches_one_chunk(layout, detach_inner, monkeypatch):
     whole, whole_grads = run()
     monkeypatch.setattr(routing.cpu.chunking, "CHUNK_BYTES", 1)
     chunked, chunked_grads = run()
-    for g, w in zip([*chunked, *chunked_grads], [*whole, *whole_grads]):
+    for g, w in zip([*chunked, *chunked_grads], [*whole, *whole_grads], strict=False):
         assert_close(g, w, atol=1e-13, rtol=1e-12, what="chunked vs one chunk")
     assert chunked_grads[0].stride() == votes.stride()
 

@@ -9,8 +9,8 @@ import torch
 import routing
 from capsules.layers import CapsuleLinear
 from routing.cpu.fusion import PARENT_MAJOR, PRODUCT
-from routing.linear_votes import vector_votes
 from routing.cpu.workspace import release_workspaces, workspace
+from routing.linear_votes import vector_votes
 from tests.compare import assert_close
 
 F64 = dict(atol=1e-12, rtol=1e-10)
@@ -43,9 +43,10 @@ def test_routing_from_transforms_matches_routing_the_votes(name, with_activation
     leaves = [t for t in (poses, transforms, acts) if t is not None]
     fused = router(poses, acts, transforms=transforms)
     plain = router(vector_votes(poses, transforms), acts)
-    for what, a, b in zip(("poses", "activations", "assignments"), fused, plain):
+    for what, a, b in zip(("poses", "activations", "assignments"), fused, plain, strict=False):
         assert_close(a, b, **F64, what=what)
-    for what, a, b in zip(("poses", "transforms", "activations"), grads_of(fused, leaves), grads_of(plain, leaves)):
+    pairs = zip(("poses", "transforms", "activations"), grads_of(fused, leaves), grads_of(plain, leaves), strict=False)
+    for what, a, b in pairs:
         assert_close(a, b, **F64, what=f"gradient of {what}")
 
 
@@ -64,7 +65,8 @@ def test_fused_backward_recomputes_votes_another_call_overwrote():
     first = router(poses, acts, transforms=transforms)
     other_poses, other_transforms, other_acts = inputs(seed=9)
     router(other_poses, other_acts, transforms=other_transforms)  # overwrites the shared buffer
-    for what, a, b in zip(("poses", "transforms", "activations"), grads_of(first, [poses, transforms, acts]), want):
+    got = grads_of(first, [poses, transforms, acts])
+    for what, a, b in zip(("poses", "transforms", "activations"), got, want, strict=False):
         assert_close(a, b, **F64, what=f"gradient of {what}")
 
 
@@ -143,7 +145,7 @@ def test_conv_caps_routes_window_poses_as_the_window_votes(name):
     leaves = [poses, acts, layer.weight, *layer.router.parameters()]
     got = torch.autograd.grad(out[0].sum() + out[1].square().sum(), leaves)
     expected = torch.autograd.grad(want.poses.sum() + want.activations.square().sum(), leaves)
-    for i, (a, b) in enumerate(zip(got, expected)):
+    for i, (a, b) in enumerate(zip(got, expected, strict=False)):
         assert_close(a, b, **F64, what=f"gradient of leaf {i}")
 
 
@@ -168,5 +170,6 @@ def test_a_forward_without_gradients_leaves_the_kept_votes_alone():
         router(*inputs(seed=4)[:1], None, transforms=transforms.detach())
     assert workspace()._owner[(PARENT_MAJOR, torch.float64)] is owner[(PARENT_MAJOR, torch.float64)]
     want = grads_of(router(vector_votes(poses, transforms), acts), [poses, transforms, acts])
-    for what, a, b in zip(("poses", "transforms", "activations"), grads_of(first, [poses, transforms, acts]), want):
+    got = grads_of(first, [poses, transforms, acts])
+    for what, a, b in zip(("poses", "transforms", "activations"), got, want, strict=False):
         assert_close(a, b, **F64, what=f"gradient of {what}")

@@ -41,12 +41,12 @@ def test_dynamic_matches_naive_loops(iterations, detach_inner, use_acts):
     naive_leaves = [x.detach().clone().requires_grad_() for x in leaves]
     got = router(leaves[0], leaves[1] if use_acts else None)
     want = naive_dynamic(naive_leaves[0], naive_leaves[1] if use_acts else None, iterations, detach_inner)
-    for name, g, w in zip(("poses", "activations", "assignments"), got, want):
+    for name, g, w in zip(("poses", "activations", "assignments"), got, want, strict=False):
         assert_close(g, w, atol=1e-12, rtol=1e-10, what=name)
     g_poses, g_act = torch.randn_like(want[0]), torch.randn_like(want[1])
     torch.autograd.backward([got[0], got[1]], [g_poses, g_act])
     torch.autograd.backward([want[0], want[1]], [g_poses, g_act])
-    for x, y in zip(leaves, naive_leaves):
+    for x, y in zip(leaves, naive_leaves, strict=False):
         assert_close(x.grad, y.grad, atol=1e-12, rtol=1e-10, what="gradient")
 
 
@@ -61,12 +61,12 @@ def test_em_matches_naive_loops(iterations, use_acts):
     got = router(leaves[0], leaves[1] if use_acts else None)
     bu, ba = (router.beta_u.detach().clone().requires_grad_(), router.beta_a.detach().clone().requires_grad_())
     want = naive_em(naive_leaves[0], naive_leaves[1] if use_acts else None, bu, ba, iterations)
-    for name, g, w in zip(("poses", "activations", "assignments"), got, want):
+    for name, g, w in zip(("poses", "activations", "assignments"), got, want, strict=False):
         assert_close(g, w, atol=1e-12, rtol=1e-9, what=name)
     g_poses, g_act = torch.randn_like(want[0]), torch.randn_like(want[1])
     torch.autograd.backward([got[0], got[1]], [g_poses, g_act])
     torch.autograd.backward([want[0], want[1]], [g_poses, g_act])
-    for x, y in zip([*leaves, router.beta_u, router.beta_a], [*naive_leaves, bu, ba]):
+    for x, y in zip([*leaves, router.beta_u, router.beta_a], [*naive_leaves, bu, ba], strict=False):
         assert_close(x.grad, y.grad, atol=1e-11, rtol=1e-8, what="gradient")
 
 
@@ -78,7 +78,7 @@ def test_em_convolutional_normalisation_matches_naive_loops():
     leaf, naive_leaf = votes.clone().requires_grad_(), votes.clone().requires_grad_()
     got = router(leaf, acts, child_index=child_index)
     want = naive_em(naive_leaf, acts, router.beta_u.detach(), router.beta_a.detach(), 3, child_index=child_index)
-    for name, g, w in zip(("poses", "activations", "assignments"), got, want):
+    for name, g, w in zip(("poses", "activations", "assignments"), got, want, strict=False):
         assert_close(g, w, atol=1e-12, rtol=1e-9, what=name)
     # each sample's child sums to 1 over every (window, parent) it feeds, not per window
     R = got.assignments.detach().reshape(2, 3, 4, 2).sum(-1)  # [sample, window, local child]
@@ -170,7 +170,7 @@ def test_each_sample_is_independent_of_the_batch(name):
     together = router(votes, acts)
     for b in range(4):
         alone = router(votes[b : b + 1], acts[b : b + 1])
-        for g, w in zip(alone, together):
+        for g, w in zip(alone, together, strict=False):
             assert_close(g[0], w[b], atol=1e-12, rtol=1e-10, what=f"sample {b}")
 
 
@@ -189,7 +189,7 @@ def test_permuting_children_changes_nothing_but_the_assignments_order(name):
 def test_iteration_count_changes_the_result(name):
     votes, acts = make_votes(B=2, I=6, J=3, D=4)
     results = [routing.create(name, backend="torch", iterations=t).double()(votes, acts) for t in (1, 2, 3)]
-    for x, y in zip(results, results[1:]):
+    for x, y in zip(results, results[1:], strict=False):
         assert (x.poses - y.poses).abs().max() > 1e-6
         assert (x.assignments - y.assignments).abs().max() > 1e-6
 
@@ -202,7 +202,7 @@ def test_half_precision_inputs_give_same_dtype_and_close_results(name, dtype):
     exact = router.double()(votes, acts)
     low = router.float()(votes.to(dtype), acts.to(dtype))
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    for g, w in zip(low, exact):
+    for g, w in zip(low, exact, strict=False):
         assert g.dtype == dtype
         assert_close(g, w, atol=tol, rtol=tol, what=str(dtype))
 

@@ -6,9 +6,9 @@
 """
 
 from capsules.layers.capsule_linear import CapsuleLinear
+from capsules.layers.checks import check_labels
 from capsules.layers.class_caps import ClassCaps, scaled_coordinates
 from capsules.layers.conv_caps import ConvCaps
-from capsules.layers.checks import check_labels
 from capsules.layers.decoder import ReconstructionDecoder, mask_to_class
 from capsules.layers.primary_caps import PrimaryCaps
 

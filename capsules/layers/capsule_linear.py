@@ -21,7 +21,7 @@ class CapsuleLinear(nn.Module):
     V_ij = M_i W_ij with W [in_caps, out_caps, 4, 4] (Hinton 2018), routed as flattened poses with the transforms
     kron(I_4, W_ij^T) (capsules.layers.votes.matrix_transforms). The router gets poses and transforms
     (``router(poses, activations, transforms=T)``) and forms the votes as one batched matrix product over
-    children or, on the CPU, fuses them into its routing (routing.linear_fusion).
+    children or, on the CPU, fuses them into its routing (routing.cpu.fusion).
 
     routing: a name from `routing.available()`; routing_options go to `routing.create` (for example
     iterations=3, backend="torch"); EM routing also gets out_caps=out_caps (beta_u, beta_a per parent).

@@ -16,7 +16,7 @@ def expect_shape(x: Tensor, shape: Sequence[int | None], layout: str, what: str)
     if not isinstance(x, Tensor):
         raise ValueError(f"{what} must be a torch.Tensor {layout}, got {type(x).__name__}")
     expected = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
-    if x.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, x.shape)):
+    if x.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, x.shape, strict=False)):
         raise ValueError(f"{what} must have shape {layout} = {expected}, got {list(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{what} must be floating-point, got dtype {x.dtype}")

@@ -20,7 +20,7 @@ class ConvCaps(nn.Module):
     every window (no padding). The windows are strided views of the grid; their votes
     [B*H'*W', K*K*in_types, out_types, 16] (rows: sample-major, window-minor) are routed in one call, handed to
     the router as the windows' poses and the transforms kron(I_4, W^T) (capsules.layers.votes.matrix_transforms),
-    so that on the CPU the router forms them inside its routing (routing.linear_fusion).
+    so that on the CPU the router forms them inside its routing (routing.cpu.fusion).
     Routers that take ``child_index`` (EM) normalise each child's assignments over every parent it feeds at every
     window, as the authors' code does; other routers (dynamic) route each window on its own, a child's couplings
     summing to 1 over the out_types parents of that window.

@@ -32,7 +32,7 @@ class ReconstructionDecoder(nn.Module):
         self.classes, self.dim, self.image_shape = classes, dim, tuple(image_shape)
         sizes = [classes * dim, *hidden, int(torch.tensor(self.image_shape).prod())]
         layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
             layers += [nn.Linear(n_in, n_out), nn.ReLU(inplace=True) if i < len(sizes) - 2 else nn.Sigmoid()]
         self.layers = nn.Sequential(*layers)
 

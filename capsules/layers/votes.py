@@ -2,9 +2,10 @@
 
 Every function returns votes [B, I, J, D] (child i's vote for parent j) in the layout its batched product
 writes, with no extra pass to reorder them: the routing backends read the votes a cache-sized chunk of samples at
-a time and lay each chunk out parent-major themselves (routing.chunking), and write the votes' gradient in the
-votes' own layout, which the product's backward then reads without a copy. On the CPU the product is written
-to memory advised onto huge pages (routing.memory), saving a page fault per 4 KiB of a tensor written once.
+a time and lay each chunk out parent-major themselves (routing.cpu.chunking), and write the votes' gradient in
+the votes' own layout, which the product's backward then reads without a copy. On the CPU the product is
+written to memory advised onto huge pages (routing.cpu.product), saving a page fault per 4 KiB of a tensor
+written once.
 
 The dense layer's product (vector_votes) lives in routing.linear_votes, where the routers that fuse it with
 routing use it too; 4x4 pose matrices reuse it through matrix_transforms.
@@ -23,10 +24,9 @@ def matrix_votes(poses: Tensor, weight: Tensor) -> Tensor:
 
     Row r of M W is row r of M times W, so the flattened vote is the flattened M times kron(I_4, W): the vector
     votes of matrix_transforms(weight), one batched product over children, [I, B, 16] @ [I, 16, J*16], whose
-    [I, B, J, 16] output needs no reordering, forward or backward. Measured against the plain
-    [I, B*4, 4] @ [I, 4, J*4] product plus the copy that puts each vote's 16 entries together (1 thread, shared
-    2-core CPU, votes forward + backward, min of 7 interleaved runs, the kron operand then contiguous): 227 ms vs
-    487 ms at the ConvCaps shape N=512, I=144, J=16; 93 ms vs 87 ms at B=128, I=392, J=10.
+    [I, B, J, 16] output needs no reordering, forward or backward. On the project's 2-core CPU this took about
+    half the time of the plain [I, B*4, 4] @ [I, 4, J*4] product plus the copy that puts each vote's 16 entries
+    together at the ConvCaps shape, and about the same at the class-capsule shape.
     """
     return vector_votes(poses, matrix_transforms(weight))
 

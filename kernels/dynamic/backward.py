@@ -10,7 +10,6 @@ the votes' and activations' gradients once. Every pass recomputes what it needs 
 differentiated: one pass. Notation and the cross-program sum: kernels/dynamic/__init__.py.
 """
 
-# ruff: noqa: E741 - I is the number of children, the papers' notation
 from __future__ import annotations
 
 import triton

@@ -9,7 +9,6 @@ deterministic: the order does not depend on which program came last) and squashe
 couplings c [B, I, J]. Notation and the cross-program sum: kernels/dynamic/__init__.py.
 """
 
-# ruff: noqa: E741 - I is the number of children, the papers' notation
 from __future__ import annotations
 
 import triton

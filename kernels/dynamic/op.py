@@ -11,7 +11,6 @@ The launchers are registered with torch.library (`capsule_routing::dynamic_routi
 differentiable function.
 """
 
-# ruff: noqa: E741 - I is the number of children, the papers' notation
 from __future__ import annotations
 
 from functools import cache

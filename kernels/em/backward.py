@@ -24,7 +24,6 @@ pass writes the votes' gradient once from them. Votes reads: one per iteration (
 child_index: a first pass writes q for the shared-child sums), and one write of their gradient.
 """
 
-# ruff: noqa: E741 - I is the number of children, the papers' notation
 from __future__ import annotations
 
 import triton

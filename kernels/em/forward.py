@@ -22,7 +22,6 @@ mode is not bitwise deterministic; without child_index the kernels are). R itsel
 last iteration.
 """
 
-# ruff: noqa: E741 - I is the number of children, the papers' notation
 from __future__ import annotations
 
 import triton

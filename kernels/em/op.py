@@ -9,7 +9,6 @@ and its numerics are in kernels/em/forward.py (fused E/M-step passes) and kernel
 backward). The oracle is routing.em's ``EMRouting.route``.
 """
 
-# ruff: noqa: E741 - I is the number of children, the papers' notation
 from __future__ import annotations
 
 import torch

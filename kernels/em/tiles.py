@@ -4,7 +4,6 @@ Tiles of the votes [N, I, J, D] and of the per-parent statistics [*, J, D] / [*,
 and the per-program partial sums over children [N, NB, J(, D)] with their fixed-order reduction.
 """
 
-# ruff: noqa: E741 - I is the number of children, the papers' notation
 from __future__ import annotations
 
 import triton

@@ -7,7 +7,8 @@ The algorithms stay written as their papers are; these modules only decide where
 - ``chunking``: samples are routed a cache-sized chunk at a time, so repeated reads come from the cache.
 - ``memory``: large tensors written once are advised onto transparent huge pages (one fault per 2 MiB).
 - ``product``: the dense layer's votes product written to huge pages.
-- ``workspace``: per-thread scratch buffers that live as long as the process.
+- ``workspace``: per-thread scratch buffers that live as long as the process (``release_workspaces()`` frees
+  this thread's).
 - ``fusion``: the two-buffer protocol with which a fused dense-layer router forms its votes inside the call.
 
 One switch turns all of it off (``routing.cpu.tuning(False)``, or ``CAPSULES_CPU_TUNING=0`` in the
@@ -16,5 +17,6 @@ and routed unfused. Results are the same either way; only time and memory differ
 """
 
 from routing.cpu.switch import tuning, tuning_enabled
+from routing.cpu.workspace import release_workspaces
 
-__all__ = ["tuning", "tuning_enabled"]
+__all__ = ["release_workspaces", "tuning", "tuning_enabled"]

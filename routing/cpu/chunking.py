@@ -16,7 +16,8 @@ from routing.cpu.switch import tuning_enabled
 # I=1152, J=10, D=16) on the project's 2-core CPU (experiments/results/throughput.csv holds the layer's times).
 CHUNK_BYTES = 8 * 2**20
 # Votes bytes per chunk of EM routing's rows (it keeps about four chunk-sized buffers live): the fastest of a
-# 1-20 MiB sweep of the ConvCaps and class-capsule layers on the project's 2-core CPU (their times: experiments/results/throughput.csv).
+# 1-20 MiB sweep of the ConvCaps and class-capsule layers on the project's 2-core CPU (their times:
+# experiments/results/throughput.csv).
 EM_CHUNK_BYTES = 6 * 2**20
 
 

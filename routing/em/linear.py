@@ -10,7 +10,6 @@ kron(I_4, W_ij) (capsules.layers.votes.matrix_transforms).
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from routing.cpu.fusion import (
     as_votes,
