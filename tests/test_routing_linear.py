@@ -3,10 +3,15 @@ dynamic routing (routing.dynamic.linear, routing.em.linear): same values and gra
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import routing
+import routing.cpu.chunking
 from capsules.layers import CapsuleLinear
 from routing.cpu.fusion import PARENT_MAJOR, PRODUCT
 from routing.cpu.workspace import release_workspaces, workspace
@@ -173,3 +178,38 @@ def test_a_forward_without_gradients_leaves_the_kept_votes_alone():
     got = grads_of(first, [poses, transforms, acts])
     for what, a, b in zip(("poses", "transforms", "activations"), got, want, strict=False):
         assert_close(a, b, **F64, what=f"gradient of {what}")
+
+
+@pytest.mark.parametrize("name", ["dynamic", "em"])
+def test_cpu_tuning_off_routes_in_plain_pytorch_with_the_same_results(name, monkeypatch):
+    router = routing.create(name, backend="torch").double()
+    poses, transforms, acts = inputs(B=5)
+    tuned = router(poses, acts, transforms=transforms)
+    tuned_grads = grads_of(tuned, [poses, transforms, acts])
+    release_workspaces()
+    row_chunks = routing.cpu.chunking.row_chunks
+    monkeypatch.setattr(routing.cpu.chunking, "CHUNK_BYTES", 1)  # one sample a chunk while tuning is on
+    monkeypatch.setattr(routing.cpu.chunking, "EM_CHUNK_BYTES", 1)
+    with routing.cpu.tuning(False):
+        assert not routing.cpu.tuning_enabled()
+        assert row_chunks(5, row_bytes=100) == [slice(0, 5)]  # the whole batch is one chunk
+        plain = router(poses, acts, transforms=transforms)
+        plain_grads = grads_of(plain, [poses, transforms, acts])
+    assert routing.cpu.tuning_enabled()
+    assert not workspace()._buffers, "tuning off must not claim the fused path's buffers"
+    assert len(row_chunks(5, row_bytes=100)) == 5
+    for what, a, b in zip(("poses", "activations", "assignments"), plain, tuned, strict=True):
+        assert_close(a, b, **F64, what=what)
+    for what, a, b in zip(("poses", "transforms", "activations"), plain_grads, tuned_grads, strict=True):
+        assert_close(a, b, **F64, what=f"gradient of {what}")
+
+
+def test_cpu_tuning_switch_from_the_environment_and_bad_values():
+    script = "import routing; print(routing.cpu.tuning_enabled())"
+    for value, want in (("0", "False"), ("off", "False"), ("1", "True")):
+        out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "CAPSULES_CPU_TUNING": value},
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == want, f"CAPSULES_CPU_TUNING={value}: tuning_enabled() printed {out!r}"
+    with pytest.raises(ValueError, match="expects True or False"):
+        with routing.cpu.tuning("no"):
+            pass
