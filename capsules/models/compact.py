@@ -32,8 +32,7 @@ class CompactCapsNet(nn.Module):
     routed by `routing` with the children's activations. The same layers serve every routing algorithm, so
     algorithms are compared in one architecture. Defaults (133K parameters on MNIST) were sized for training
     speed on a 2-core CPU: the stem is strided early, and routing cost grows with the 7 x 7 x types children
-    (fwd + bwd at batch 128, 2 threads, quieter moments of the shared machine: stem ~62-73 ms; class layer with
-    4 types ~53-70 ms dynamic, ~80-84 ms EM; with 8 types ~90-128 ms and ~142-158 ms).
+    (with 4 types the stem and the class layer cost about the same; 8 types roughly double the class layer).
 
     ``forward(images [B, in_channels, H, W], labels ignored) -> CapsuleOutput(activations [B, classes],
     poses [B, classes, 16], None)``.
