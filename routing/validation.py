@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from kernels.utils import accumulation_dtype
+
 _finite_checks = True
 
 
@@ -92,5 +94,5 @@ def all_finite(x: Tensor) -> bool:
     """No NaN or Inf in x. A sum (one read, no bool tensor of x's size) settles the common case; only a
     non-finite sum, which may also come from overflow of large finite values, is confirmed element-wise."""
     with torch.no_grad():
-        total = x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+        total = x.sum(dtype=accumulation_dtype(x.dtype))
         return bool(torch.isfinite(total)) or bool(torch.isfinite(x).all())
