@@ -1,5 +1,5 @@
-"""EM routing (Hinton et al. 2018) on the Triton kernels: the host side. Launchers (``em_forward``,
-``em_backward``), their ``torch.library`` registration (``capsule_routing::em_routing_forward`` / ``_backward``,
+"""EM routing (Hinton et al. 2018) on the Triton kernels: the host side. Launchers (``em_routing_forward``,
+``em_routing_backward``), their ``torch.library`` registration (``capsule_routing::em_routing_forward`` / ``_backward``,
 both ``triton_op``s so ``torch.compile`` sees the kernels), the autograd Function and the public op.
 
     poses, activations, assignments = em_routing(votes, activations, beta_u, beta_a, iterations=3)
@@ -82,7 +82,8 @@ def shared_child_sum(q: Tensor, child_index: Tensor, groups: int) -> Tensor:
     return total.gather(1, flat).reshape(N, I).contiguous()
 
 
-def em_forward(
+@triton_op("capsule_routing::em_routing_forward", mutates_args=())
+def em_routing_forward(
     votes: Tensor,
     activations: Tensor,
     beta_u: Tensor,
@@ -93,7 +94,7 @@ def em_forward(
     final_lambda: float,
     min_var: float,
     eps: float,
-) -> tuple[Tensor, ...]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Run T = `iterations` fused EM iterations.
 
     votes [N, I, J, D] (float16/bfloat16/float32/float64, contiguous), activations [N, I], beta_u/beta_a [J]
@@ -134,7 +135,8 @@ def em_forward(
     return pose, act, assign, mus, vhats, logits, masses, norms
 
 
-def em_backward(
+@triton_op("capsule_routing::em_routing_backward", mutates_args=())
+def em_routing_backward(
     grad_pose: Tensor,
     grad_act: Tensor,
     grad_assign: Tensor,
@@ -152,7 +154,7 @@ def em_backward(
     min_var: float,
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of ``em_forward``'s (poses [N, J, D], activations [N, J], assignments [N, I, J]) with upstream
+    """Gradients of ``em_routing_forward``'s (poses [N, J, D], activations [N, J], assignments [N, I, J]) with upstream
     gradients grad_pose/grad_act/grad_assign (any float dtype), from its saved statistics.
 
     Returns (g_votes [N, I, J, D] in the votes' dtype, g_activations [N, I], and the per-row beta gradients
@@ -196,51 +198,6 @@ def em_backward(
     return gvotes, gact, gbu, gba
 
 
-@triton_op("capsule_routing::em_routing_forward", mutates_args=())
-def em_routing_forward_op(
-    votes: Tensor,
-    activations: Tensor,
-    beta_u: Tensor,
-    beta_a: Tensor,
-    child_index: Tensor | None,
-    groups: int,
-    iterations: int,
-    final_lambda: float,
-    min_var: float,
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(poses, activations, assignments, mus, vhats, logits, masses, norms): see ``em_forward``."""
-    return em_forward(votes, activations, beta_u, beta_a, child_index, groups, iterations, final_lambda,
-                      min_var, eps)
-
-
-@triton_op("capsule_routing::em_routing_backward", mutates_args=())
-def em_routing_backward_op(
-    grad_pose: Tensor,
-    grad_act: Tensor,
-    grad_assign: Tensor,
-    votes: Tensor,
-    activations: Tensor,
-    beta_u: Tensor,
-    mus: Tensor,
-    vhats: Tensor,
-    logits: Tensor,
-    masses: Tensor,
-    norms: Tensor,
-    child_index: Tensor | None,
-    groups: int,
-    final_lambda: float,
-    min_var: float,
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(g_votes, g_activations, per-row g_beta_u, g_beta_a [N, J]): see ``em_backward``."""
-    return em_backward(grad_pose, grad_act, grad_assign, votes, activations, beta_u, mus, vhats, logits,
-                       masses, norms, child_index, groups, final_lambda, min_var, eps)
-
-
-# ---------------------------------------------------------------------------------------------- autograd
-
-
 class EMRoutingFunction(torch.autograd.Function):
     """(votes [N, I, J, D], activations [N, I], beta_u [J], beta_a [J] (compute dtype), child_index, groups,
     iterations, final_lambda, min_var, eps) -> (poses [N, J, D], activations [N, J], assignments [N, I, J])."""
@@ -248,7 +205,7 @@ class EMRoutingFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, votes, activations, beta_u, beta_a, child_index, groups, iterations, final_lambda, min_var,
                 eps):
-        pose, act, assign, mus, vhats, logits, masses, norms = em_routing_forward_op(
+        pose, act, assign, mus, vhats, logits, masses, norms = em_routing_forward(
             votes, activations, beta_u, beta_a, child_index, groups, iterations, final_lambda, min_var, eps)
         ctx.save_for_backward(votes, activations, beta_u, mus, vhats, logits, masses, norms, child_index)
         ctx.settings = (groups, final_lambda, min_var, eps)
@@ -258,7 +215,7 @@ class EMRoutingFunction(torch.autograd.Function):
     def backward(ctx, grad_pose, grad_act, grad_assign):
         votes, activations, beta_u, mus, vhats, logits, masses, norms, child_index = ctx.saved_tensors
         groups, final_lambda, min_var, eps = ctx.settings
-        g_votes, g_act, g_bu, g_ba = em_routing_backward_op(
+        g_votes, g_act, g_bu, g_ba = em_routing_backward(
             grad_pose.contiguous(), grad_act.contiguous(), grad_assign.contiguous(), votes, activations, beta_u,
             mus, vhats, logits, masses, norms, child_index, groups, final_lambda, min_var, eps)
         return (
