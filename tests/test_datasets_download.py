@@ -1,20 +1,20 @@
-"""Downloads, offline: a fake URL opener serves real or damaged bytes; file:// URLs use the real opener."""
+"""Downloads, offline: a fake URL opener serves small MNIST files written in the real formats (conftest's
+`small_mnist`, checked against their own MD5s) or damaged copies; file:// URLs use the real opener."""
 
 import gzip
 import io
-from pathlib import Path
 from urllib.error import URLError
 
 import pytest
 import torch
+from helpers_smallnorb import file_name, write_split
 
 from capsules.datasets import MNIST, DatasetDownloadError, DatasetFileError, SmallNORB
 from capsules.datasets import download as download_module
 from capsules.datasets import smallnorb as smallnorb_module
 from capsules.datasets.files import md5_hex
-from helpers_smallnorb import file_name, write_split
+from capsules.datasets.idx_format import read_idx
 
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/mnist"
 TEST_FILES = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
 
@@ -49,33 +49,36 @@ class _Interrupted(io.BytesIO):
         return chunk
 
 
-def _real_test_files() -> dict[str, bytes]:
-    return {name: (MNIST_DIR / name).read_bytes() for name in TEST_FILES}
+def _test_files(directory) -> dict[str, bytes]:
+    """The t10k files of `directory`, by name, as a mirror would serve them."""
+    return {name: (directory / name).read_bytes() for name in TEST_FILES}
 
 
-def test_download_writes_verified_files_atomically(tmp_path, monkeypatch):
-    opener = FakeOpener(_real_test_files())
+def test_download_writes_verified_files_atomically(tmp_path, monkeypatch, small_mnist):
+    served = _test_files(small_mnist)
+    opener = FakeOpener(served)
     monkeypatch.setattr(download_module, "urlopen", opener)
     root = tmp_path / "new" / "mnist"
     dataset = MNIST(root, train=False, mirrors=["https://mirror.test/mnist/"], timeout=7.0)
     assert sorted(p.name for p in root.iterdir()) == TEST_FILES  # no temporary files left behind
-    assert all((root / name).read_bytes() == (MNIST_DIR / name).read_bytes() for name in TEST_FILES)
+    assert all((root / name).read_bytes() == served[name] for name in TEST_FILES)
     assert sorted(opener.requests) == [(f"https://mirror.test/mnist/{name}", 7.0) for name in TEST_FILES]
     assert dataset.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     MNIST(root, train=False)  # present now: no second download
     assert len(opener.requests) == 2
 
 
-def test_download_falls_back_to_the_next_mirror(tmp_path, monkeypatch):
-    opener = FakeOpener(_real_test_files(), fail={"https://down.test/": URLError("Name or service not known")})
+def test_download_falls_back_to_the_next_mirror(tmp_path, monkeypatch, small_mnist):
+    opener = FakeOpener(_test_files(small_mnist), fail={"https://down.test/": URLError("Name or service not known")})
     monkeypatch.setattr(download_module, "urlopen", opener)
     MNIST(tmp_path, train=False, mirrors=["https://down.test/", "https://up.test/"])
     assert [url for url, _ in opener.requests].count("https://up.test/t10k-images-idx3-ubyte.gz") == 1
 
 
-def test_file_urls_use_the_real_opener(tmp_path):
-    dataset = MNIST(tmp_path, train=False, mirrors=[MNIST_DIR.as_uri() + "/"])
-    assert len(dataset) == 10000 and sorted(p.name for p in tmp_path.iterdir()) == TEST_FILES
+def test_file_urls_use_the_real_opener(tmp_path, small_mnist):
+    dataset = MNIST(tmp_path, train=False, mirrors=[small_mnist.as_uri() + "/"])
+    assert len(dataset) == len(read_idx(small_mnist / "t10k-labels-idx1-ubyte.gz"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == TEST_FILES
 
 
 def test_no_network_names_the_files_and_the_directory(tmp_path, monkeypatch):
@@ -88,15 +91,17 @@ def test_no_network_names_the_files_and_the_directory(tmp_path, monkeypatch):
     assert list((tmp_path / "mnist").iterdir()) == []
 
 
-def test_interrupted_download_leaves_no_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(download_module, "urlopen", FakeOpener(_real_test_files(), cut_after=5000))
+def test_interrupted_download_leaves_no_file(tmp_path, monkeypatch, small_mnist):
+    served = _test_files(small_mnist)
+    assert len(served["t10k-images-idx3-ubyte.gz"]) > 5000  # cut mid-file
+    monkeypatch.setattr(download_module, "urlopen", FakeOpener(served, cut_after=5000))
     with pytest.raises(DatasetDownloadError, match="connection lost"):
         MNIST(tmp_path, train=False)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_checksum_mismatch_on_download_keeps_nothing(tmp_path, monkeypatch):
-    served = _real_test_files()
+def test_checksum_mismatch_on_download_keeps_nothing(tmp_path, monkeypatch, small_mnist):
+    served = _test_files(small_mnist)
     labels = bytearray(gzip.decompress(served["t10k-labels-idx1-ubyte.gz"]))
     labels[8] ^= 1
     served["t10k-labels-idx1-ubyte.gz"] = gzip.compress(bytes(labels))

@@ -1,4 +1,5 @@
-"""MNIST loader on the real files in shared/data/mnist, and on small or tampered copies."""
+"""MNIST loader on small files written in the real formats (conftest's `small_mnist_root`), on small or tampered
+copies, and on the real files in $CAPSULES_DATA/mnist (`real_mnist_dir`; those tests skip without them)."""
 
 import gzip
 import shutil
@@ -11,22 +12,31 @@ from torch.utils.data import DataLoader
 
 from capsules.datasets import MNIST, DatasetFileError
 from capsules.datasets.files import data_dir
-from capsules.datasets.idx_format import write_idx
+from capsules.datasets.idx_format import read_idx, write_idx
 from capsules.datasets.mnist import MNIST_MEAN, MNIST_STD
 
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/mnist"
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 @pytest.fixture(scope="module")
-def train_set() -> MNIST:
-    return MNIST(MNIST_DIR, train=True, download=False)
+def real_train_set(real_mnist_dir) -> MNIST:
+    return MNIST(real_mnist_dir, train=True, download=False)
 
 
 @pytest.fixture(scope="module")
-def test_set() -> MNIST:
-    return MNIST(MNIST_DIR, train=False, download=False)
+def real_test_set(real_mnist_dir) -> MNIST:
+    return MNIST(real_mnist_dir, train=False, download=False)
+
+
+@pytest.fixture(scope="module")
+def train_set(small_mnist_root) -> MNIST:
+    return MNIST(small_mnist_root / "mnist", train=True, download=False, verify=False)
+
+
+@pytest.fixture(scope="module")
+def test_set(small_mnist_root) -> MNIST:
+    return MNIST(small_mnist_root / "mnist", train=False, download=False, verify=False)
 
 
 def matching_shifts(shifted: torch.Tensor, image: torch.Tensor, max_shift: int) -> list[tuple[int, int]]:
@@ -43,7 +53,8 @@ def matching_shifts(shifted: torch.Tensor, image: torch.Tensor, max_shift: int) 
     return found
 
 
-def test_sizes_labels_and_pixel_statistics(train_set, test_set):
+def test_sizes_labels_and_pixel_statistics(real_train_set, real_test_set):
+    train_set, test_set = real_train_set, real_test_set
     assert train_set.images.shape == (60000, 1, 28, 28) and train_set.images.dtype == torch.uint8
     assert test_set.images.shape == (10000, 1, 28, 28) and test_set.labels.dtype == torch.int64
     assert len(train_set) == 60000 and len(test_set) == 10000
@@ -54,6 +65,18 @@ def test_sizes_labels_and_pixel_statistics(train_set, test_set):
     pixels = train_set.images.float() / 255
     assert pixels.mean().item() == pytest.approx(MNIST_MEAN, abs=1e-4)
     assert pixels.std().item() == pytest.approx(MNIST_STD, abs=1e-4)
+
+
+def test_written_files_decode_to_their_arrays(train_set, test_set, small_mnist_root):
+    for dataset, prefix in ((train_set, "train"), (test_set, "t10k")):
+        images = read_idx(small_mnist_root / "mnist" / f"{prefix}-images-idx3-ubyte.gz")
+        labels = read_idx(small_mnist_root / "mnist" / f"{prefix}-labels-idx1-ubyte.gz")
+        assert dataset.images.shape == (len(images), 1, 28, 28) and dataset.images.dtype == torch.uint8
+        assert dataset.labels.dtype == torch.int64 and len(dataset) == len(labels)
+        assert torch.equal(dataset.images[:, 0], torch.tensor(images))
+        assert dataset.labels.tolist() == labels.tolist()
+    assert train_set.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]  # the small splits start like the real
+    assert test_set.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
 
 
 def test_test_items_are_unshifted_pixels(test_set):
@@ -80,41 +103,43 @@ def test_batched_path_for_training_loops(train_set):
     out = train_set.preprocess(batch, torch.Generator().manual_seed(0))
     assert out.shape == (64, 1, 28, 28) and out.dtype == torch.float32
     assert torch.equal(out, train_set.preprocess(batch, torch.Generator().manual_seed(0)))
-    for shifted, image in zip((out[:8] * 255).round().to(torch.uint8), batch):
+    for shifted, image in zip((out[:8] * 255).round().to(torch.uint8), batch[:8], strict=False):
         assert matching_shifts(shifted, image, 2)
     assert labels[:64].tolist() == train_set.labels[:64].tolist()
 
 
-def test_normalize_and_dataloader():
-    normalized = MNIST(MNIST_DIR, train=False, download=False, normalize=True)
+def test_normalize_and_dataloader(small_mnist_root):
+    normalized = MNIST(small_mnist_root / "mnist", train=False, download=False, normalize=True, verify=False)
     image, _ = normalized[0]
     torch.testing.assert_close(image, (normalized.images[0].float() / 255 - MNIST_MEAN) / MNIST_STD)
     images, labels = next(iter(DataLoader(normalized, batch_size=32, shuffle=True)))
     assert images.shape == (32, 1, 28, 28) and labels.shape == (32,) and labels.dtype == torch.int64
 
 
-def test_root_falls_back_to_environment_then_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("CAPSULES_DATA", str(MNIST_DIR.parent))
-    assert len(MNIST(train=False, download=False)) == 10000
+def test_root_falls_back_to_environment_then_cache(monkeypatch, tmp_path, small_mnist_root):
+    monkeypatch.setenv("CAPSULES_DATA", str(small_mnist_root))
+    dataset = MNIST(train=False, download=False, verify=False)
+    assert dataset.root == small_mnist_root / "mnist"
+    assert len(dataset) == len(read_idx(small_mnist_root / "mnist/t10k-labels-idx1-ubyte.gz"))
     monkeypatch.delenv("CAPSULES_DATA")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert data_dir(None, "mnist") == tmp_path / ".cache/capsule-routing/mnist"
     assert data_dir(tmp_path / "x", "mnist") == tmp_path / "x"
 
 
-def _copy_test_split(directory: Path, decompress_labels: bool = False) -> Path:
-    """Copy the t10k files into `directory`; returns the labels file (decompressed if asked)."""
+def _copy_test_split(source: Path, directory: Path, decompress_labels: bool = False) -> Path:
+    """Copy the t10k files of `source` into `directory`; returns the labels file (decompressed if asked)."""
     directory.mkdir(exist_ok=True)
-    shutil.copy(MNIST_DIR / "t10k-images-idx3-ubyte.gz", directory)
+    shutil.copy(source / "t10k-images-idx3-ubyte.gz", directory)
     if not decompress_labels:
-        return Path(shutil.copy(MNIST_DIR / "t10k-labels-idx1-ubyte.gz", directory))
+        return Path(shutil.copy(source / "t10k-labels-idx1-ubyte.gz", directory))
     labels = directory / "t10k-labels-idx1-ubyte"
-    labels.write_bytes(gzip.decompress((MNIST_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    labels.write_bytes(gzip.decompress((source / "t10k-labels-idx1-ubyte.gz").read_bytes()))
     return labels
 
 
-def test_checksum_of_decompressed_content(tmp_path):
-    labels = _copy_test_split(tmp_path, decompress_labels=True)
+def test_checksum_of_decompressed_content(tmp_path, real_mnist_dir):
+    labels = _copy_test_split(real_mnist_dir, tmp_path, decompress_labels=True)
     assert MNIST(tmp_path, train=False, download=False).labels[:3].tolist() == [7, 2, 1]  # uncompressed file: same
     data = bytearray(labels.read_bytes())
     data[8] ^= 1  # the first label: 7 -> 6, still a valid file
@@ -125,13 +150,13 @@ def test_checksum_of_decompressed_content(tmp_path):
     assert MNIST(tmp_path, train=False, download=False, verify=False).labels[0] == 6
 
 
-def test_corrupt_gzip(tmp_path):
-    labels = _copy_test_split(tmp_path)
+def test_corrupt_gzip(tmp_path, small_mnist_root):
+    labels = _copy_test_split(small_mnist_root / "mnist", tmp_path)
     data = bytearray(labels.read_bytes())
     data[len(data) // 2] ^= 0xFF
     labels.write_bytes(bytes(data))
     with pytest.raises(DatasetFileError, match="gzip"):
-        MNIST(tmp_path, train=False, download=False)
+        MNIST(tmp_path, train=False, download=False, verify=False)  # the gzip check comes first: no checksum needed
 
 
 def test_missing_files_without_download(tmp_path):

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from experiments.tables import read_csv, to_markdown, upsert_csv, write_csv_atomic
+from experiments.common.tables import read_csv, to_markdown, upsert_csv, write_csv_atomic
 
 
 def test_upsert_same_key_twice_keeps_one_row(tmp_path):

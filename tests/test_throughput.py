@@ -5,14 +5,18 @@ Timings are never asserted (only that they are positive and ordered); the sizes 
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
-from experiments import throughput, throughput_timing
-from experiments.bench_cases import bytes_moved
-from experiments.tables import read_csv
-from experiments.throughput import KEY, Sweep, run_sweep
-from experiments.throughput_timing import cpu_peak_memory_bytes, quantiles_ms
+from experiments.common.tables import read_csv
+from experiments.throughput import report as throughput_report
+from experiments.throughput import sweep as throughput
+from experiments.throughput import timing as throughput_timing
+from experiments.throughput.cases import BASELINE, TARGETS, Target, bytes_moved
+from experiments.throughput.report import pivot_markdown, targets_markdown
+from experiments.throughput.sweep import KEY, Sweep, run_sweep
+from experiments.throughput.timing import cpu_peak_memory_bytes, quantiles_ms
 
 TINY = ["--batch-sizes", "1", "--repeats", "2", "--warmup", "0", "--device", "cpu"]
 
@@ -52,8 +56,6 @@ def test_triton_on_cpu_is_a_skipped_row_with_a_note():
     assert len(rows) == len(sweep.modes) == 2  # forward, forward+backward
     assert (rows["status"] == "skipped").all() and (rows["note"] == "needs CUDA").all()
     assert rows["median"].isna().all()
-    from experiments.throughput_report import pivot_markdown
-
     assert "[1] needs CUDA" in pivot_markdown(rows)
 
 
@@ -152,3 +154,56 @@ def test_layer_cases_run_for_every_routing():
     assert (rows["median"] > 0).all()
     conv_shapes = rows.set_index("case").loc["conv-caps", "shape"].tolist()
     assert conv_shapes == ["poses [1, 6, 6, 16, 16] -> [1, 4, 4, 16, 16]"] * 2
+
+
+def test_main_job_prints_no_profiler_or_library_lines(tmp_path, capfd):
+    """The CPU peak-memory measurement runs the torch profiler, whose C++ side writes "USDT: ...
+    SyncActivityProfilerHandler ... profiler_start" lines to the file descriptors: none may reach the terminal."""
+    run_main(tmp_path, "--cases", "routing", "capsule-linear", "--routings", "dynamic", "--providers", "torch",
+             "--modes", "forward+backward")
+    out, err = capfd.readouterr()
+    printed = out + err
+    assert "| routing" in out and "rows upserted" in out  # the job's own output still arrives
+    assert "USDT" not in printed and "SyncActivityProfilerHandler" not in printed
+    assert "profiler_st" not in printed and "Warning" not in printed
+    assert err == ""
+
+
+def test_targets_table_compares_with_the_baseline_timed_in_the_same_run(tmp_path, capsys, monkeypatch):
+    """With a target at batch 1 (the real ones are at 128 and 32), the sweep times the naive baseline beside ours
+    and the printed table has its same-run column, the ratio and the public time as context."""
+    tiny = Target("capsule-linear", "dynamic", 1, "dense layer at batch 1", "XifengGuo", 1294.0)
+    monkeypatch.setattr(throughput, "TARGETS", (tiny,))
+    monkeypatch.setattr(throughput_report, "TARGETS", (tiny,))
+    table = run_main(tmp_path, "--cases", "capsule-linear", "--routings", "dynamic", "--providers", "torch",
+                     "--modes", "forward+backward")
+    naive = table[table["provider"] == BASELINE]
+    assert len(naive) == 1 and (naive["status"] == "ok").all() and (naive["median"] > 0).all()
+    assert naive["timestamp"].tolist() == table[table["provider"] == "torch"]["timestamp"].tolist()  # same run
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.startswith("| target"))
+    assert f"{BASELINE}, same run (ms)" in header and "speed-up" in header and "10x met" in header
+    assert "public, other machine (ms)" in header
+    row = next(line for line in printed.splitlines() if line.startswith("| dense layer at batch 1"))
+    assert "XifengGuo 1294" in row and "not timed" not in row
+    assert f"{BASELINE} forward+backward" in printed  # the baseline's own column in the pivoted table
+
+
+def _target_row(provider: str, median: float, timestamp: str, target: Target = TARGETS[0]) -> dict:
+    return {"case": target.case, "routing": target.routing, "x_value": target.batch, "provider": provider,
+            "mode": "forward+backward", "iterations": target.iterations, "dtype": target.dtype, "status": "ok",
+            "median": median, "q20": median, "q80": median, "timestamp": timestamp}
+
+
+def test_targets_are_judged_on_the_same_run_ratio():
+    same = pd.DataFrame([_target_row("torch", 200.0, "t1"), _target_row(BASELINE, 2500.0, "t1")])
+    text = targets_markdown(same)
+    assert "12.5x" in text and "| yes" in text  # 2500 / 200, met
+    assert "XifengGuo 1294 (6.5x)" in text  # the public time: context, not the judge
+    slower = pd.DataFrame([_target_row("torch", 400.0, "t1"), _target_row(BASELINE, 2500.0, "t1")])
+    assert "6.2x" in targets_markdown(slower) and "| no" in targets_markdown(slower)
+    other_run = pd.DataFrame([_target_row("torch", 200.0, "t2"), _target_row(BASELINE, 2500.0, "t1")])
+    text = targets_markdown(other_run)
+    assert "not timed" in text and "n/a" in text and "| yes" not in text
+    em = pd.DataFrame([_target_row("torch", 200.0, "t1", TARGETS[1])])
+    assert "none (no naive form)" in targets_markdown(em)

@@ -4,9 +4,9 @@ import argparse
 
 import pytest
 
-from experiments.train import parse_args
-from experiments.training_config import PRESETS, TrainConfig, add_arguments, build_config, parse_model_options
-from experiments.training_schedule import lr_at, progress, spread_margin_at
+from experiments.train.config import PRESETS, TrainConfig, add_arguments, build_config, parse_model_options
+from experiments.train.run import parse_args
+from experiments.train.schedule import lr_at, progress, spread_margin_at
 
 
 def test_papers_defaults_per_model_family():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.training_checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from experiments.training_data import TrainingData, eval_shard, load_data, train_batches
+from experiments.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from experiments.train.data import TrainingData, eval_shard, load_data, train_batches
 
 
 def fake_data(n: int = 40) -> TrainingData:

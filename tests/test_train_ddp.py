@@ -18,10 +18,9 @@ from torch import nn
 
 from capsules.layers import CapsuleLinear, PrimaryCaps
 from capsules.models import CapsuleOutput
-from experiments.train import CHECKPOINT, METRICS
+from experiments.train.run import CHECKPOINT, METRICS
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = REPO.parent / "shared/data/mnist"
 MODEL = "ddp-test-capsnet"
 # Registers the test model, then runs the training command line with the arguments given.
 LAUNCHER = f"""
@@ -30,7 +29,7 @@ sys.path.insert(0, {str(Path(__file__).parent)!r})
 import capsules
 from test_train_ddp import StemlessCapsNet
 capsules.register_model({MODEL!r})(StemlessCapsNet)
-from experiments.train import main
+from experiments.train.run import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -52,11 +51,13 @@ class StemlessCapsNet(nn.Module):
         return CapsuleOutput(activations, poses)
 
 
-def run(folder: Path, processes: int) -> str:
-    """Train the test model 2 epochs in `processes` processes; returns what they printed."""
+def run(folder: Path, processes: int, data: Path, md5s: dict[str, str]) -> str:
+    """Train the test model 2 epochs in `processes` processes on the MNIST files in `data`, which the launched
+    processes check against `md5s` (conftest's small written files are not the published ones); returns what they
+    printed."""
     launcher = folder.parent / "launch.py"
-    launcher.write_text(LAUNCHER)
-    args = ["--model", MODEL, "--routing", "dynamic", "--data-root", str(MNIST_DIR), "--train-subset", "256",
+    launcher.write_text(f"import capsules.datasets.mnist\ncapsules.datasets.mnist.MNIST_MD5 = {md5s!r}\n{LAUNCHER}")
+    args = ["--model", MODEL, "--routing", "dynamic", "--data-root", str(data), "--train-subset", "256",
             "--test-subset", "100", "--batch-size", "32", "--epochs", "2", "--no-progress", "--threads", "1",
             "--out-dir", str(folder)]
     command = [sys.executable, str(launcher)]
@@ -70,9 +71,11 @@ def run(folder: Path, processes: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[int, tuple[Path, str]]:
+def runs(tmp_path_factory, small_mnist_root, small_mnist_md5) -> dict[int, tuple[Path, str]]:
     root = tmp_path_factory.mktemp("ddp")
-    return {processes: (root / str(processes), run(root / str(processes), processes)) for processes in (1, 2)}
+    data = small_mnist_root / "mnist"
+    return {processes: (root / str(processes), run(root / str(processes), processes, data, small_mnist_md5))
+            for processes in (1, 2)}
 
 
 def test_two_gloo_processes_match_one_process(runs):

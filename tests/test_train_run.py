@@ -1,4 +1,5 @@
-"""Training runs end to end: real MNIST learns with each routing, resume is exact, smallNORB files train, and bad
+"""Training runs end to end: small written MNIST files (conftest's `small_mnist`) and real MNIST (from
+$CAPSULES_DATA, skipped without it) learn with each routing, resume is exact, smallNORB files train, and bad
 arguments fail with clear messages. Small subsets and a narrow compact model keep the module short."""
 
 from pathlib import Path
@@ -6,31 +7,41 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
-import experiments.train as train_module
-import routing
-from experiments.train import CHECKPOINT, METRICS, main, train
-from experiments.training_config import build_config
 from helpers_smallnorb import write_split
 
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/mnist"
+import experiments.train.run as train_module
+import routing
+from experiments.train.config import build_config
+from experiments.train.run import CHECKPOINT, METRICS, main, train
+
 COMPACT = "compact"
 NARROW = {"channels": [16, 32, 32], "types": 4}  # the compact model, narrower: same layers, a fraction of the time
 ROW_COLUMNS = {"epoch", "train_loss", "train_accuracy", "test_accuracy", "test_error", "samples_per_s",
                "wall_time_s", "device", "git_commit", "config_model", "config_routing", "config_lr", "config_seed"}
 
 
-def small_run(tmp_path: Path, name: str, **options):
-    """A quick narrow compact-model configuration on a slice of real MNIST, writing into tmp_path / name."""
-    settings = dict(model=COMPACT, model_options=NARROW, dataset="mnist", data_root=str(MNIST_DIR), train_subset=256,
+def small_run(tmp_path: Path, name: str, data_root: Path, **options):
+    """A quick narrow compact-model configuration on a slice of the data in data_root, writing into tmp_path / name."""
+    settings = dict(model=COMPACT, model_options=NARROW, dataset="mnist", data_root=str(data_root), train_subset=256,
                     test_subset=100, batch_size=32, epochs=1, schedule="constant", lr=2e-3, progress=False,
                     out_dir=str(tmp_path / name))
     return build_config(**{**settings, **options})
 
 
 @pytest.mark.parametrize("routing_name", routing.available())
-def test_short_real_mnist_run_learns_well_above_chance(tmp_path, routing_name):
-    config = small_run(tmp_path, routing_name, routing=routing_name, train_subset=1024, test_subset=500)
+def test_short_real_mnist_run_learns_well_above_chance(tmp_path, routing_name, real_mnist_dir):
+    config = small_run(tmp_path, routing_name, real_mnist_dir, routing=routing_name, train_subset=1024, test_subset=500)
+    check_learns_well_above_chance(config, routing_name)
+
+
+@pytest.mark.parametrize("routing_name", routing.available())
+def test_short_run_on_written_mnist_learns_well_above_chance(tmp_path, routing_name, small_mnist):
+    config = small_run(tmp_path, routing_name, small_mnist, routing=routing_name, train_subset=1024)
+    check_learns_well_above_chance(config, routing_name)
+
+
+def check_learns_well_above_chance(config, routing_name: str) -> None:
+    """Train `config` one epoch: one metrics row, test accuracy well above chance, saved as it was returned."""
     table = train(config)
     assert len(table) == 1
     assert table["test_accuracy"].iloc[0] > 0.3, table.to_string()  # chance is 0.1
@@ -52,17 +63,17 @@ def interrupt_at_step(monkeypatch, stop_step: int) -> None:
     monkeypatch.setattr(train_module, "lr_at", lr_at)
 
 
-def test_interrupted_run_keeps_its_last_checkpoint_and_resumes_exactly(tmp_path, monkeypatch):
+def test_interrupted_run_keeps_its_last_checkpoint_and_resumes_exactly(tmp_path, monkeypatch, small_mnist):
     # onecycle and the spread margin: both schedules must continue where they stopped
     options = dict(routing="dynamic", schedule="onecycle", loss="spread", epochs=2)
-    straight = train(small_run(tmp_path, "straight", **options))
+    straight = train(small_run(tmp_path, "straight", small_mnist, **options))
     interrupt_at_step(monkeypatch, 12)  # 8 steps per epoch: in the middle of epoch 2
     with pytest.raises(KeyboardInterrupt):
-        train(small_run(tmp_path, "resumed", **options))
+        train(small_run(tmp_path, "resumed", small_mnist, **options))
     monkeypatch.undo()
     assert pd.read_csv(tmp_path / "resumed" / METRICS)["epoch"].tolist() == [1]
     assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)["run"]["step"] == 8
-    resumed = train(small_run(tmp_path, "resumed", resume=True, **options))
+    resumed = train(small_run(tmp_path, "resumed", small_mnist, resume=True, **options))
     metrics = ["epoch", "step", "train_loss", "train_accuracy", "test_accuracy", "test_loss", "lr"]
     pd.testing.assert_frame_equal(straight[metrics], resumed[metrics])
     a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)
@@ -72,30 +83,31 @@ def test_interrupted_run_keeps_its_last_checkpoint_and_resumes_exactly(tmp_path,
     assert torch.equal(a["data_generator"], b["data_generator"])
 
 
-def test_a_finished_run_resumes_to_the_same_table(tmp_path):
-    first = train(small_run(tmp_path, "done", routing="dynamic", train_subset=128))
-    again = train(small_run(tmp_path, "done", routing="dynamic", train_subset=128, resume=True))
+def test_a_finished_run_resumes_to_the_same_table(tmp_path, small_mnist):
+    first = train(small_run(tmp_path, "done", small_mnist, routing="dynamic", train_subset=128))
+    again = train(small_run(tmp_path, "done", small_mnist, routing="dynamic", train_subset=128, resume=True))
     pd.testing.assert_frame_equal(first, again)
 
 
 @pytest.mark.parametrize("routing_name", routing.available())
-def test_bf16_autocast_option_trains(tmp_path, routing_name):
-    table = train(small_run(tmp_path, f"amp-{routing_name}", routing=routing_name, train_subset=128, amp=True))
+def test_bf16_autocast_option_trains(tmp_path, routing_name, small_mnist):
+    table = train(small_run(tmp_path, f"amp-{routing_name}", small_mnist, routing=routing_name, train_subset=128,
+                            amp=True))
     assert table["config_amp"].tolist() == [True]
     assert torch.isfinite(torch.tensor(table[["train_loss", "test_loss"]].to_numpy())).all()
 
 
-def test_a_non_finite_loss_stops_the_run_with_a_clear_error(tmp_path, monkeypatch):
+def test_a_non_finite_loss_stops_the_run_with_a_clear_error(tmp_path, monkeypatch, small_mnist):
     monkeypatch.setattr(train_module, "total_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(FloatingPointError, match="training loss is nan at step 1"):
-        train(small_run(tmp_path, "nan", routing="dynamic", train_subset=64))
+        train(small_run(tmp_path, "nan", small_mnist, routing="dynamic", train_subset=64))
 
 
 def test_smallnorb_run_on_written_files_completes(tmp_path):
     root = tmp_path / "smallnorb"
     write_split(root, train=True, pairs=36, seed=1)
     write_split(root, train=False, pairs=20, seed=2)
-    config = small_run(tmp_path, "norb", routing="em", dataset="smallnorb", data_root=str(root), train_subset=None,
+    config = small_run(tmp_path, "norb", root, routing="em", dataset="smallnorb", train_subset=None,
                        test_subset=None, batch_size=12, loss="spread")
     table = train(config)
     assert table["epoch"].tolist() == [1] and table["step"].tolist() == [3]
@@ -109,8 +121,8 @@ def test_smallnorb_run_on_written_files_completes(tmp_path):
     (["--dataset", "cifar10"], "--dataset must be one of"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
 ])
-def test_bad_arguments_are_clear_errors(tmp_path, capsys, argv, message):
-    common = ["--model", COMPACT, "--data-root", str(MNIST_DIR), "--train-subset", "64", "--test-subset", "64",
+def test_bad_arguments_are_clear_errors(tmp_path, capsys, small_mnist, argv, message):
+    common = ["--model", COMPACT, "--data-root", str(small_mnist), "--train-subset", "64", "--test-subset", "64",
               "--out-dir", str(tmp_path / "bad"), "--no-progress"]
     assert main(common + argv) == 2
     assert message in capsys.readouterr().err
@@ -122,8 +134,8 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert "mnist data not found in" in err and "--data-root" in err
 
 
-def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
-    argv = ["--model", COMPACT, "--data-root", str(MNIST_DIR), "--train-subset", "64", "--test-subset", "64",
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys, small_mnist):
+    argv = ["--model", COMPACT, "--data-root", str(small_mnist), "--train-subset", "64", "--test-subset", "64",
             "--out-dir", str(tmp_path / "none"), "--resume"]
     assert main(argv) == 2
     assert "no checkpoint to resume" in capsys.readouterr().err

@@ -27,11 +27,11 @@ from pathlib import Path
 import pandas as pd
 
 import routing
-from experiments import provenance
-from experiments.atomic import write_text_atomic
-from experiments.tables import RESULTS_DIR, read_csv, to_markdown, upsert_csv, write_csv_atomic
-from experiments.train import CHECKPOINT, check_names, output_dir, raise_keyboard_interrupt, train
-from experiments.training_config import TrainConfig, add_arguments, build_config, overrides_from_args
+from experiments.common import provenance
+from experiments.common.atomic import write_text_atomic
+from experiments.common.tables import RESULTS_DIR, read_csv, to_markdown, upsert_csv, write_csv_atomic
+from experiments.train.config import TrainConfig, add_arguments, build_config, overrides_from_args
+from experiments.train.run import CHECKPOINT, check_names, output_dir, raise_keyboard_interrupt, train
 
 # (model, routing, dataset) the papers trained.
 PAPER_PAIRS = (("capsnet", "dynamic", "mnist"), ("matrix-capsnet", "em", "smallnorb"))

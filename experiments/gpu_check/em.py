@@ -1,10 +1,9 @@
-"""The EM section of the GPU check (experiments/gpu_check.py): the Triton EM kernels at the smallNORB model's
-sizes, against the PyTorch backend.
+"""The EM section of the GPU check: the Triton EM kernels at the smallNORB model's sizes, against the PyTorch
+backend.
 
-    python -m experiments.gpu_check_em                       # on a CUDA machine (= gpu_check --only em)
-    TRITON_INTERPRET=1 python -m experiments.gpu_check_em --smoke   # CPU, tiny shapes: checks this script
+    python -m experiments.gpu_check --only em                                  # on a CUDA machine
+    TRITON_INTERPRET=1 python -m experiments.gpu_check --only em --smoke       # CPU, tiny shapes: checks this script
 
-It plugs into experiments/gpu_check.py as the section `"em": importlib.import_module("experiments.gpu_check_em").run`.
 Shapes at batch 64 (REFERENCE.md, smallNORB with A=64, B=C=D=32, E=5 on 32x32 crops):
     class capsules  ConvCaps2's 4x4x32 capsules -> 5 classes: votes [64, 512, 5, 16]
     ConvCaps2       3x3 windows over ConvCaps1's 6x6x32 capsules -> 4x4x32: votes [64*16, 288, 32, 16] with
@@ -16,13 +15,13 @@ element), so ill-conditioned elements are judged by what the precision allows.
 
 from __future__ import annotations
 
-import sys
+import functools
 
 import torch
 from torch import Tensor, nn
 
 import routing
-import routing.em_triton  # noqa: F401  (registers em/triton)
+from experiments.gpu_check.report import Report
 
 ITERATIONS = 3
 CLASS_SHAPE, CLASS_SMOKE = (64, 512, 5, 16), (2, 18, 5, 16)
@@ -84,7 +83,7 @@ def random_inputs(shape, device, seed=0):
 NAMES = ("poses", "activations", "assignments", "grad votes", "grad activations", "grad beta_u", "grad beta_a")
 
 
-def check_correctness(report) -> None:
+def check_correctness(report: Report) -> None:
     """Kernel vs the PyTorch backend at real sizes (float32, bfloat16, float16) and odd float64 shapes."""
     for name, shape, child_index in cases(report.smoke):
         votes, acts = random_inputs(shape, report.device)
@@ -95,18 +94,18 @@ def check_correctness(report) -> None:
             same_precision = outputs_and_grads(ref.float(), low_votes, low_acts, child_index, dtype)
             got = outputs_and_grads(tri.float(), low_votes, low_acts, child_index, dtype)
             label = f"em {name} {'x'.join(map(str, shape))} {str(dtype).removeprefix('torch.')}"
-            for what, x, y, z in zip(NAMES, got, same_precision, exact):
+            for what, x, y, z in zip(NAMES, got, same_precision, exact, strict=True):
                 torch_err = float((y.double() - z).abs().max())
                 report.close(f"{label}: {what}", x, z, max(4 * torch_err, 1e-6 * float(z.abs().max())), 0.0)
             if child_index is None:  # the shared-child sums use scatter_add (atomics on CUDA)
                 again = outputs_and_grads(tri.float(), low_votes, low_acts, child_index, dtype)
-                report.check(f"{label}: deterministic", all(torch.equal(x, y) for x, y in zip(got, again)))
+                report.check(f"{label}: deterministic", all(torch.equal(x, y) for x, y in zip(got, again, strict=True)))
     for shape in [(3, 33, 7, 5), (1, 1, 1, 1), (2, 300, 3, 9)]:
         votes, acts = random_inputs(shape, report.device)
         ref, tri = make_routers(shape[2], report.device)
         want = outputs_and_grads(ref.double(), votes, acts, None, torch.float64)
         got = outputs_and_grads(tri.double(), votes, acts, None, torch.float64)
-        for what, x, y in zip(NAMES, got, want):
+        for what, x, y in zip(NAMES, got, want, strict=True):
             report.close(f"em {'x'.join(map(str, shape))} float64: {what}", x, y, 1e-10, 1e-8)
 
 
@@ -124,13 +123,13 @@ class EMLayer(nn.Module):
         return out.poses.square().sum() + out.activations.sum() + out.assignments.amax(-1).sum()
 
 
-def check_compile(report) -> None:
+def check_compile(report: Report) -> None:
     """torch.compile of a layer calling the kernels: same loss and gradients as eager. fullgraph=True for the
     class capsules; ConvCaps2 (child_index is checked on the host, a graph break) with fullgraph=False."""
     if report.smoke:
         print("[skip] em torch.compile: the interpreter's kernels cannot be compiled", flush=True)
         return
-    for (name, shape, child_index), fullgraph in zip(cases(False), (True, False)):
+    for (name, shape, child_index), fullgraph in zip(cases(False), (True, False), strict=True):
         N, I, J, _ = shape
         torch.manual_seed(0)
         layer = EMLayer(I, J).to(report.device)
@@ -144,11 +143,11 @@ def check_compile(report) -> None:
         got_grads = torch.autograd.grad(got, [layer.weight, layer.router.beta_u, layer.router.beta_a])
         label = f"em {name} torch.compile(fullgraph={fullgraph})"
         report.close(f"{label}: loss", got, want, 1e-4, 1e-4)
-        for what, x, y in zip(("weight", "beta_u", "beta_a"), got_grads, want_grads):
+        for what, x, y in zip(("weight", "beta_u", "beta_a"), got_grads, want_grads, strict=True):
             report.close(f"{label}: {what} gradient", x, y, 1e-5, 1e-3)
 
 
-def benchmark(report) -> None:
+def benchmark(report: Report) -> None:
     """Forward and forward + backward: Triton vs PyTorch eager vs PyTorch compiled, float32, at both shapes."""
     for name, shape, child_index in cases(report.smoke):
         case = f"em {name} {'x'.join(map(str, shape))} T={ITERATIONS} float32"
@@ -165,14 +164,9 @@ def benchmark(report) -> None:
         ms: dict[tuple[str, str], float] = {}
         with routing.finite_checks(False):
             for provider, router in providers.items():
-                def run_provider(report, provider=provider, router=router) -> None:
-                    ms[provider, "forward"] = report.time(
-                        case, provider, "forward", lambda: router(votes, acts, child_index=ci), bytes_moved=bytes_read)
-                    ms[provider, "forward+backward"] = report.time(
-                        case, provider, "forward+backward", lambda: fwd_bwd(router, leaf, acts, ci),
-                        grad_to_none=[leaf])
-
-                report.attempt(f"{case}: timing {provider}", run_provider)
+                timed = functools.partial(time_provider, ms=ms, case=case, provider=provider, router=router,
+                                          votes=votes, leaf=leaf, acts=acts, child_index=ci, bytes_read=bytes_read)
+                report.attempt(f"{case}: timing {provider}", timed)
         if ("triton", "forward") not in ms or ("torch", "forward") not in ms:
             continue
         report.target(f"{case} forward: speed-up over torch eager", ms["torch", "forward"] / ms["triton", "forward"], 5)
@@ -184,20 +178,23 @@ def benchmark(report) -> None:
                           ms["torch", "forward+backward"] / ms["triton", "forward+backward"], 3)
 
 
+def time_provider(report: Report, *, ms: dict[tuple[str, str], float], case: str, provider: str, router: nn.Module,
+                  votes: Tensor, leaf: Tensor, acts: Tensor, child_index: Tensor | None, bytes_read: int) -> None:
+    """Time one provider's forward (on `votes`) and forward + backward (into `leaf`), into ms[provider, mode]."""
+    ms[provider, "forward"] = report.time(
+        case, provider, "forward", lambda: router(votes, acts, child_index=child_index), bytes_moved=bytes_read)
+    ms[provider, "forward+backward"] = report.time(
+        case, provider, "forward+backward", lambda: fwd_bwd(router, leaf, acts, child_index), grad_to_none=[leaf])
+
+
 def fwd_bwd(router, votes: Tensor, acts: Tensor, child_index: Tensor | None) -> None:
     out = router(votes, acts, child_index=child_index)
     torch.autograd.backward([out.poses, out.activations],
                             [torch.ones_like(out.poses), torch.ones_like(out.activations)])
 
 
-def run(report) -> None:
-    """The section's entry point for experiments/gpu_check.py."""
+def run(report: Report) -> None:
+    """The section's entry point (main.SECTIONS["em"])."""
     report.attempt("em correctness", check_correctness)
     report.attempt("em torch.compile", check_compile)
     report.attempt("em throughput", benchmark)
-
-
-if __name__ == "__main__":  # the EM section alone: gpu_check --only em
-    from experiments.gpu_check import main
-
-    sys.exit(main(["--only", "em", *sys.argv[1:]]))

@@ -1,8 +1,9 @@
 """Training configuration: one flat dataclass, each model family's published defaults, and the command line.
 
-Every field has a command-line option (`--batch-size 64`, `--amp`/`--no-amp`); options left out take the defaults of
-the model's family (`PRESETS`), then `TrainConfig`'s own. `config_from_args` returns the resolved configuration,
-which is saved beside every checkpoint and every results row.
+Every field has a command-line option (`--batch-size 64`, `--amp`/`--no-amp`), added by `add_arguments`; options left
+out take the defaults of the model's family (`PRESETS`), then `TrainConfig`'s own. `build_config` resolves them
+(`build_config(**overrides_from_args(args))`, as `experiments.train.run.parse_args` does); a run saves the resolved
+configuration as config.json in its folder and as the config_* columns of every metrics row.
 """
 
 from __future__ import annotations

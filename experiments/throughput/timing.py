@@ -2,25 +2,32 @@
 
 - Time: warm-up, then the median and 20% / 80% quantiles of repeated runs. On a GPU `triton.testing.do_bench`
   (its own warm-up of 25 ms, then about 100 ms of runs, caches flushed between runs); on the CPU untimed calls
-  until they stop getting faster (`settle`, or a fixed number), then a `time.perf_counter` loop of `repeats` calls, which also records the median process
-  CPU time per call (`time.process_time`, all threads).
+  until they stop getting faster (`settle`, or a fixed number), then a `time.perf_counter` loop of `repeats` calls,
+  which also records the median process CPU time per call (`time.process_time`, all threads).
 - Peak memory: the most bytes allocated at once during one call, above what was allocated before it (inputs and
   weights are not counted). GPU: `torch.cuda.max_memory_allocated`. CPU: the torch profiler's memory timeline
-  (every tensor allocation and free recorded by the profiler); NaN when the profiler cannot give it.
+  (every tensor allocation and free recorded by the profiler); NaN when the profiler cannot give it. What the
+  profiler's C++ side prints (kineto's "USDT: ... profiler_start" lines) is discarded at the file-descriptor level.
 - Copy bandwidth: 2 x bytes / time of a 1 GiB device-to-device tensor copy (read + write), timed with do_bench.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import os
 import statistics
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 from torch import Tensor
+from torch.profiler import ProfilerActivity, profile
+from torch.profiler._memory_profiler import Action, MemoryProfile
 
 QUANTILES = (0.5, 0.2, 0.8)
 
@@ -68,8 +75,8 @@ def time_cpu(fn: Callable[[], object], repeats: int, warmup: int | None = None) 
 
 def settle(fn: Callable[[], object], max_calls: int = 8, speedup: float = 0.8) -> int:
     """Call `fn` until a call is no longer 20% faster than the one before (at most `max_calls`); returns the
-    number of calls. The CPU backends' first calls are slow (buffers first touched, allocator caches filled):
-    CapsuleLinear B=128 forward+backward took 8.2 s, 4.4 s, then 0.24 s per call on the 2-core CPU."""
+    number of calls. The CPU backends' first calls are slow (buffers first touched, allocator caches filled): on
+    the 2-core CPU the first CapsuleLinear B=128 forward+backward calls took over 10x the settled time."""
     previous = math.inf
     for calls in range(1, max_calls + 1):
         start = time.perf_counter()
@@ -83,6 +90,7 @@ def settle(fn: Callable[[], object], max_calls: int = 8, speedup: float = 0.8) -
 
 def time_cuda(fn: Callable[[], object], grad_to_none: Sequence[Tensor] | None = None) -> Timing:
     """triton.testing.do_bench: median and 20/80% quantiles in milliseconds."""
+    # triton is optional (absent off Linux) and only a GPU times with it: imported here, where it is needed
     from triton.testing import do_bench
 
     median, q20, q80 = do_bench(fn, grad_to_none=grad_to_none, quantiles=list(QUANTILES))
@@ -105,15 +113,14 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> float:
 
 def cpu_peak_memory_bytes(fn: Callable[[], object]) -> float:
     """Replay the profiler's record of CPU tensor allocations (CREATE) and frees (DESTROY) of one call in time
-    order and return the highest running total; tensors that existed before the call start the total at 0."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action, MemoryProfile
-
+    order and return the highest running total; tensors that existed before the call start the total at 0.
+    What the profiler prints on the way (to file descriptors 1 and 2, from C++) is discarded."""
     try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                     with_stack=True) as prof:
-            fn()
-        timeline = MemoryProfile(prof.profiler.kineto_results).timeline
+        with silenced_output():
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                         with_stack=True) as prof:
+                fn()
+            timeline = MemoryProfile(prof.profiler.kineto_results).timeline
     except Exception:  # a private profiler API: any failure means "unknown", not a wrong number
         return float("nan")
     live = peak = 0
@@ -128,6 +135,42 @@ def cpu_peak_memory_bytes(fn: Callable[[], object]) -> float:
     return float(peak)
 
 
+@contextlib.contextmanager
+def silenced_output() -> Iterator[None]:
+    """Inside the block, file descriptors 1 and 2 (stdout, stderr) point at /dev/null: the torch profiler's C++ side
+    (kineto) writes lines such as "USDT: ... SyncActivityProfilerHandler.cpp:52] profiler_start" straight to fd 2,
+    past sys.stderr. Where the descriptors cannot be duplicated the block runs unsilenced."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    saved: list[int] = []
+    try:
+        for fd in (1, 2):
+            saved.append(os.dup(fd))
+    except OSError:  # a closed descriptor (a daemon): nothing to silence
+        for fd in saved:
+            os.close(fd)
+        saved = []
+    if not saved:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    if stream is not None:
+                        stream.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
+
+
 @cache
 def copy_bandwidth_gbps(device: torch.device) -> float:
     """Measured device copy bandwidth in GB/s: 2 * bytes / time of copying a 1 GiB tensor (NaN on CPU)."""
@@ -135,7 +178,7 @@ def copy_bandwidth_gbps(device: torch.device) -> float:
         return float("nan")
     source = torch.empty(2**28, dtype=torch.float32, device=device)
     target = torch.empty_like(source)
-    ms = time_cuda(lambda: target.copy_(source)).median_ms
+    ms = time_cuda(functools.partial(target.copy_, source)).median_ms
     nbytes = 2 * source.numel() * source.element_size()
     del source, target
     torch.cuda.empty_cache()

@@ -1,7 +1,7 @@
 """CPU speed of the PyTorch routing backends at the papers' layer shapes: a small standalone benchmark.
 
-    python -m experiments.bench_routing_cpu                 # every case, median of 5
-    python -m experiments.bench_routing_cpu --repeats 9 --only dynamic
+    python -m experiments.throughput.bench_cpu                 # every case, median of 5
+    python -m experiments.throughput.bench_cpu --repeats 9 --only dynamic
 
 Prints a markdown table of median wall-clock and CPU times (time.perf_counter and time.process_time, after
 one warm-up call, finite checks off) for the routing call alone and, for the dense capsule layer, votes from W
@@ -12,6 +12,7 @@ threads, torch version, commit and the load average.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -23,7 +24,8 @@ import torch
 import routing
 from capsules.layers import CapsuleLinear, ConvCaps
 from capsules.layers.windows import window_child_index
-from experiments.provenance import device_name, git_commit
+from experiments.common.provenance import device_name, git_commit
+from experiments.throughput.naive import NaiveCapsuleLinear
 
 
 @dataclass
@@ -83,25 +85,15 @@ def capsule_linear_case(B=128, I=1152, J=10, D=16, D_in=8) -> Case:
 
 
 def naive_capsule_linear_case(B=128, I=1152, J=10, D=16, D_in=8) -> Case:
-    """The same layer written the way most public PyTorch implementations write it (our code, for a side-by-side
-    baseline on the same machine at the same moment): W [1, I, J, D, D_in] broadcast over the batch, the votes
-    u_hat [B, I, J, D] from one matmul, logits b [B, I, J], and per iteration c = softmax over parents,
-    s = sum_i c u_hat, v = squash(s), b += <u_hat, v>, with autograd's backward through every op."""
-    g = torch.Generator().manual_seed(0)
-    weight = (torch.randn(1, I, J, D, D_in, generator=g) / D_in**0.5).requires_grad_()
-    u = torch.randn(B, I, D_in, generator=g).requires_grad_()
+    """The same layer written the way most public PyTorch implementations write it (naive.NaiveCapsuleLinear, our
+    code): the side-by-side baseline on the same machine at the same moment."""
+    torch.manual_seed(0)
+    layer = NaiveCapsuleLinear(I, D_in, J, D, iterations=3)
+    u = torch.randn(B, I, D_in, generator=torch.Generator().manual_seed(0)).requires_grad_()
 
     def run(backward: bool) -> None:
-        u_hat = (weight @ u[:, :, None, :, None]).squeeze(-1)  # [B, I, J, D]
-        logits = torch.zeros(B, I, J)
-        for r in range(3):
-            c = logits.softmax(dim=2)
-            s = (c.unsqueeze(-1) * u_hat).sum(dim=1)  # [B, J, D]
-            norm2 = (s * s).sum(-1, keepdim=True)
-            v = norm2 / (1 + norm2) * s / torch.sqrt(norm2 + 1e-8)
-            if r < 2:
-                logits = logits + (u_hat * v.unsqueeze(1)).sum(-1)
-        backward_through(routing.RoutingResult(v, v.norm(dim=-1), v), backward, (u, weight))
+        v, lengths = layer(u)
+        backward_through(routing.RoutingResult(v, lengths, v), backward, (u, *layer.parameters()))
 
     return Case("CapsuleLinear, naive PyTorch baseline (public pattern)", f"{B}x{I}x{D_in}->{J}x{D}", run)
 
@@ -179,7 +171,7 @@ def main() -> None:
                 continue
             for mode, backward in (("forward", False), ("forward+backward", True)):
                 with torch.set_grad_enabled(backward):
-                    wall, cpu = time_ms(lambda: case.run(backward), args.repeats)
+                    wall, cpu = time_ms(functools.partial(case.run, backward), args.repeats)
                 rows.append({"case": case.name, "shape": case.shape, "mode": mode,
                              "wall_ms": round(wall, 1), "cpu_ms": round(cpu, 1)})
     print(f"device: {device_name()}, torch {torch.__version__}, commit {git_commit()}, medians of "

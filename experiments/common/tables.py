@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.atomic import atomic_write
+from experiments.common.atomic import atomic_write
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -4,12 +4,16 @@
     capsule-throughput --cases routing --routings dynamic --providers torch torch-compile --batch-sizes 8 32
     capsule-throughput --dtypes float32 bfloat16 --iterations 1 3 --repeats 20 --out /tmp/t.csv --plot /tmp/t.png
 
-Cases (experiments/bench_cases.py): the routing step alone on votes [B, 1152, 10, 16], the CapsuleLinear layer
-1152 x 8D -> 10 x 16D, and the ConvCaps layer 6x6 -> 4x4, K=3, 16 -> 16 types; each for every routing asked.
+Cases (cases.py): the routing step alone on votes [B, 1152, 10, 16], the CapsuleLinear layer 1152 x 8D -> 10 x 16D,
+and the ConvCaps layer 6x6 -> 4x4, K=3, 16 -> 16 types; each for every routing asked.
 Providers: "torch" (the PyTorch backend, eager), "torch-compile" (the same module under torch.compile; the first
 calls, which compile, are timed apart from the loop as first_call_s), "triton" (the Triton backend; CUDA only:
 elsewhere a skipped row says so). Modes: forward, backward (of a retained graph), forward+backward.
 The NaN/Inf scan of routing inputs is off while timing (routing.finite_checks(False)).
+Baseline: where a CPU target's setting is in the sweep (cases.TARGETS: capsule-linear + dynamic at batch 128,
+conv-caps + em at batch 32; forward+backward, 3 iterations, float32) and its case has a naive form (naive.py: the
+dense layer written the public way), that form is timed too, in the same way, as provider "naive-torch"
+(forward+backward only; --no-baseline leaves it out). The CPU targets' table compares against it.
 
 Each row: what was measured (case, routing, provider, mode, dtype, iterations, x_name/x_value = batch size),
 median and 20/80% quantiles in ms, samples/s, peak memory, GB/s against the bytes the routing must move and its
@@ -29,14 +33,15 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch._functorch import config as functorch_config
 
 import routing
-from experiments.atomic import write_text_atomic
-from experiments.bench_cases import CASES, MODES, Workload, bytes_moved, get_case
-from experiments.provenance import device_name, git_commit, timestamp, versions
-from experiments.tables import RESULTS_DIR, upsert_csv
-from experiments.throughput_report import pivot_markdown, results_markdown, save_plot, targets_markdown
-from experiments.throughput_timing import (
+from experiments.common.atomic import write_text_atomic
+from experiments.common.provenance import device_name, git_commit, timestamp, versions
+from experiments.common.tables import RESULTS_DIR, upsert_csv
+from experiments.throughput.cases import BASELINE, CASES, MODES, TARGETS, Case, Workload, bytes_moved, get_case
+from experiments.throughput.report import TARGETS_CAPTION, pivot_markdown, results_markdown, save_plot, targets_markdown
+from experiments.throughput.timing import (
     copy_bandwidth_gbps,
     peak_memory_bytes,
     reference_gemm_ms,
@@ -48,14 +53,14 @@ PROVIDERS = ("torch", "torch-compile", "triton")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 KEY = ["case", "routing", "provider", "mode", "dtype", "iterations", "x_name", "x_value", "device"]
 COLUMNS = [*KEY[:-1], "shape", "status", "note", "median", "q20", "q80", "unit", "samples_per_s", "peak_mem_mb",
-           "gb_per_s", "copy_bw_fraction", "first_call_s", "repeats", "cpu_ms", "cpu_load", "ref_gemm_ms", "device", "device_type",
-           "torch", "triton", "commit", "timestamp"]
+           "gb_per_s", "copy_bw_fraction", "first_call_s", "repeats", "cpu_ms", "cpu_load", "ref_gemm_ms", "device",
+           "device_type", "torch", "triton", "commit", "timestamp"]
 DEFAULT_CSV = RESULTS_DIR / "throughput.csv"
 
 
 @dataclass
 class Sweep:
-    """What to measure. batch_sizes None: each case's own default list (bench_cases.CASES)."""
+    """What to measure. batch_sizes None: each case's own default list (cases.CASES)."""
 
     cases: Sequence[str] = tuple(CASES)
     routings: Sequence[str] = ("dynamic", "em")
@@ -70,6 +75,7 @@ class Sweep:
     warmup: int | None = None  # untimed calls before them; None: until a call is no longer 20% faster
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     threads: int | None = None  # torch.set_num_threads for the sweep (None: torch's default); part of the device name
+    baseline: bool = True  # time the naive baseline (provider naive-torch) at the CPU targets' settings in the sweep
 
     def check(self) -> None:
         """Unknown names raise KeyError (listing what exists); bad numbers raise ValueError."""
@@ -99,8 +105,8 @@ class Sweep:
 
 def default_providers(device: torch.device) -> tuple[str, ...]:
     """Everything on a GPU. On a CPU torch and triton (which records "needs CUDA"): torch.compile is left out of
-    the default because compiling one shape's forward and backward took about 40 s on the 2-core CPU (dynamic
-    routing, B=32), longer than the whole default sweep; ask for it with --providers torch torch-compile."""
+    the default because compiling each shape's forward and backward takes longer on the 2-core CPU than the rest of
+    the default sweep (first_call_s in the CSV); ask for it with --providers torch torch-compile."""
     return PROVIDERS if device.type == "cuda" else ("torch", "triton")
 
 
@@ -137,8 +143,6 @@ def compile_settings(provider: str) -> contextlib.AbstractContextManager:
     re-run the backward of one graph (they save memory in the backward, not time)."""
     if provider != "torch-compile":
         return contextlib.nullcontext()
-    from torch._functorch import config as functorch_config
-
     return functorch_config.patch(donated_buffer=False)
 
 
@@ -243,16 +247,33 @@ def _run(sweep: Sweep, log: Callable[[str], None]) -> pd.DataFrame:
                                              iterations=iterations, x_name="batch", x_value=batch)
                                 log(f"{case_name} {name} T={iterations} {dtype} B={batch} {provider}")
                                 with compile_settings(provider):
-                                    results = _measure_provider(case.build, sweep, device, label)
+                                    results = _measure_provider(case.build, sweep, device, label, sweep.modes)
+                                rows += [{**label, **result, **provenance} for result in results]
+                            if times_baseline(sweep, providers, case, name, iterations, dtype, batch):
+                                label = dict(case=case_name, routing=name, provider=BASELINE, dtype=dtype,
+                                             iterations=iterations, x_name="batch", x_value=batch)
+                                log(f"{case_name} {name} T={iterations} {dtype} B={batch} {BASELINE} (baseline)")
+                                results = _measure_provider(case.baselines[name], sweep, device, label,
+                                                            ("forward+backward",))
                                 rows += [{**label, **result, **provenance} for result in results]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _measure_provider(build, sweep: Sweep, device: torch.device, label: dict) -> list[dict]:
-    """Rows (without labels) for every mode of one provider on one workload."""
+def times_baseline(sweep: Sweep, providers: Sequence[str], case: Case, name: str, iterations: int, dtype: str,
+                   batch: int) -> bool:
+    """Whether this setting is a CPU target's (forward+backward of our torch provider in the sweep) whose case has
+    a naive form: then the naive baseline is timed beside it."""
+    return (sweep.baseline and "torch" in providers and "forward+backward" in sweep.modes
+            and name in case.baselines
+            and any((t.case, t.routing, t.batch, t.iterations, t.dtype) == (case.name, name, batch, iterations, dtype)
+                    for t in TARGETS))
+
+
+def _measure_provider(build, sweep: Sweep, device: torch.device, label: dict, modes: Sequence[str]) -> list[dict]:
+    """Rows (without labels) for every mode of `modes` of one provider on one workload."""
 
     def skipped(note: str) -> list[dict]:
-        return [{"mode": mode, "status": "skipped", "note": note} for mode in sweep.modes]
+        return [{"mode": mode, "status": "skipped", "note": note} for mode in modes]
 
     provider, name = label["provider"], label["routing"]
     reason = unavailable_reason(provider, name, device)
@@ -273,7 +294,7 @@ def _measure_provider(build, sweep: Sweep, device: torch.device, label: dict) ->
         raise
     return [{"mode": mode, "shape": workload.shape, "status": "ok", "note": "",
              **measure(runner, mode, sweep, label["iterations"], label["x_value"]), "repeats": sweep.repeats}
-            for mode in sweep.modes]
+            for mode in modes]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -286,7 +307,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"of {', '.join(PROVIDERS)} (default: all on CUDA; torch and triton on CPU)")
     parser.add_argument("--modes", nargs="+", default=list(defaults.modes), help=f"of {', '.join(MODES)}")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
-                        help="default: per case (routing 8 32, capsule-linear 16 128, conv-caps 4 32: the CPU targets at the largest)")
+                        help="default: per case (routing 8 32, capsule-linear 16 128, conv-caps 4 32: the CPU "
+                             "targets at the largest)")
     parser.add_argument("--iterations", nargs="+", type=int, default=list(defaults.iterations))
     parser.add_argument("--dtypes", nargs="+", default=list(defaults.dtypes), help=f"of {', '.join(DTYPES)}")
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed calls per row on the CPU")
@@ -296,6 +318,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); recorded in the device name")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help=f"do not time the naive baseline ({BASELINE}) at the CPU targets' settings")
     parser.add_argument("--out", type=Path, default=DEFAULT_CSV, help="CSV the rows are upserted into")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="markdown table of the whole CSV (default: the CSV path with .md)")
@@ -309,13 +333,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     sweep = Sweep(cases=args.cases, routings=args.routings, providers=args.providers, modes=args.modes,
                   batch_sizes=args.batch_sizes, iterations=args.iterations, dtypes=args.dtypes,
-                  repeats=args.repeats, warmup=args.warmup, device=args.device, threads=args.threads)
+                  repeats=args.repeats, warmup=args.warmup, device=args.device, threads=args.threads,
+                  baseline=args.baseline)
     rows = run_sweep(sweep)
     table = upsert_csv(args.out, rows, key=KEY)
     print(pivot_markdown(rows))
     targets = targets_markdown(rows) if torch.device(sweep.device).type == "cpu" else ""
     if targets:
-        print("\nCPU targets (forward + backward, PyTorch backend) against the public implementations:\n\n" + targets)
+        print(f"\n{TARGETS_CAPTION}\n\n{targets}")
     markdown = args.markdown or args.out.with_suffix(".md")
     write_text_atomic(markdown, results_markdown(table))
     plot = args.plot or args.out.parent / f"throughput_{torch.device(sweep.device).type}.png"

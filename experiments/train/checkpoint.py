@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from experiments.atomic import atomic_write
+from experiments.common.atomic import atomic_write
 
 
 def rng_state() -> dict[str, Any]:

@@ -6,8 +6,8 @@
     capsule-train --model capsnet --resume --out-dir runs/x              # continue an interrupted run exactly
     torchrun --nproc-per-node 2 -m experiments.train --model compact     # DistributedDataParallel, 2 processes
 
-Each model family starts from its paper's settings (`training_config.PRESETS`); every option can be overridden
-(`capsule-train --help`). The run folder (default runs/<model>-<routing>-<dataset>-seed<seed>) holds
+Each model family starts from its paper's settings (`experiments.train.config.PRESETS`); every option can be
+overridden (`capsule-train --help`). The run folder (default runs/<model>-<routing>-<dataset>-seed<seed>) holds
 `checkpoint.pt` (written atomically after every epoch), `metrics.csv` (one row per epoch: metrics, device, the full
 configuration, git commit) and `config.json`. Ctrl-C or SIGTERM stops the run and leaves the last complete
 checkpoint and table; `--resume` continues from them with the same model, optimiser, schedule, random states and
@@ -33,14 +33,14 @@ from tqdm import tqdm
 
 import capsules
 import routing
-from experiments import provenance
-from experiments.atomic import write_text_atomic
-from experiments.tables import to_markdown, write_csv_atomic
-from experiments.training_checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from experiments.training_config import TrainConfig, add_arguments, build_config, overrides_from_args
-from experiments.training_data import TrainingData, eval_shard, load_data, steps_per_epoch, train_batches
-from experiments.training_distributed import DistributedContext, main_rank_value, setup, sum_across_ranks, teardown
-from experiments.training_schedule import lr_at, progress, spread_margin_at
+from experiments.common import provenance
+from experiments.common.atomic import write_text_atomic
+from experiments.common.tables import to_markdown, write_csv_atomic
+from experiments.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from experiments.train.config import TrainConfig, add_arguments, build_config, overrides_from_args
+from experiments.train.data import TrainingData, eval_shard, load_data, steps_per_epoch, train_batches
+from experiments.train.distributed import DistributedContext, main_rank_value, setup, sum_across_ranks, teardown
+from experiments.train.schedule import lr_at, progress, spread_margin_at
 
 CHECKPOINT, METRICS, CONFIG = "checkpoint.pt", "metrics.csv", "config.json"
 SHOWN_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_accuracy", "test_error", "samples_per_s",
@@ -136,7 +136,8 @@ def evaluate(config: TrainConfig, model: nn.Module, data: TrainingData, ctx: Dis
     model.eval()
     images, labels = eval_shard(data, ctx.rank, ctx.world_size)
     correct = loss_sum = 0.0
-    for chunk, chunk_labels in zip(images.split(config.eval_batch_size), labels.split(config.eval_batch_size)):
+    chunks = zip(images.split(config.eval_batch_size), labels.split(config.eval_batch_size), strict=True)
+    for chunk, chunk_labels in chunks:
         chunk, chunk_labels = chunk.to(ctx.device), chunk_labels.to(ctx.device)
         with autocast(config, ctx.device):
             activations = model(chunk, None).activations.float()

@@ -10,21 +10,26 @@ Cases (B is the swept batch size):
     capsule-linear  capsules.CapsuleLinear(1152, 8, 10, 16): poses [B, 1152, 8] -> [B, 10, 16], CapsNet DigitCaps
     conv-caps       capsules.ConvCaps(16, 16, kernel_size=3, stride=1): poses [B, 6, 6, 16, 16] and activations
                     [B, 6, 6, 16] -> [B, 4, 4, 16, 16] (a matrix-capsule layer; votes [B*16, 144, 16, 16])
+
+A case may also have a baseline per routing (provider "naive-torch"): the same layer written the public way
+(naive.py), timed in the same run at the CPU targets' batch (`TARGETS`) so that the targets compare against it.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 import routing
 from capsules import CapsuleLinear, ConvCaps
+from experiments.throughput.naive import NaiveCapsuleLinear
 
 MODES = ("forward", "backward", "forward+backward")
+BASELINE = "naive-torch"  # the provider name of the naive baselines' rows
 
 
 @dataclass
@@ -109,21 +114,61 @@ def conv_caps(name: str, iterations: int, backend: str, batch: int, dtype: torch
                     f"poses [{batch}, {H}, {W}, {types}, {pose}] -> [{batch}, {out}, {out}, {types}, {pose}]")
 
 
+def naive_capsule_linear(name: str, iterations: int, backend: str, batch: int, dtype: torch.dtype,
+                         device: torch.device) -> Workload:
+    """The capsule-linear case written the public way (naive.NaiveCapsuleLinear; dynamic routing, `backend`
+    ignored): the same shapes, so its rows line up with ours."""
+    I, in_dim, J, D = 1152, 8, 10, 16
+    module = NaiveCapsuleLinear(I, in_dim, J, D, iterations=iterations).to(device=device, dtype=dtype)
+    inputs = (_leaf((batch, I, in_dim), dtype, device), None)
+    return Workload(module, inputs, _leaves(inputs, module), (batch, I, J, D),
+                    f"poses [{batch}, {I}, {in_dim}] -> [{batch}, {J}, {D}]")
+
+
+Builder = Callable[[str, int, str, int, torch.dtype, torch.device], Workload]
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
-    build: Callable[[str, int, str, int, torch.dtype, torch.device], Workload]
+    build: Builder
     batch_sizes: tuple[int, ...]  # the default sweep: a small batch and the CPU targets' batch (REFERENCE.md)
+    baselines: dict[str, Builder] = field(default_factory=dict)  # routing name -> the naive-torch workload
 
 
 CASES: dict[str, Case] = {
     case.name: case
     for case in (
         Case("routing", routing_step, (8, 32)),
-        Case("capsule-linear", capsule_linear, (16, 128)),
+        Case("capsule-linear", capsule_linear, (16, 128), baselines={"dynamic": naive_capsule_linear}),
         Case("conv-caps", conv_caps, (4, 32)),
     )
 }
+
+
+@dataclass(frozen=True)
+class Target:
+    """A CPU target: our PyTorch backend's forward + backward on (case, routing) at this batch, iterations and
+    dtype, 10x faster than the public implementation (public_ms: its time on a 2-core CPU, REFERENCE.md, another
+    machine: context only; the target is judged against the same-run naive baseline where the case has one)."""
+
+    case: str
+    routing: str
+    batch: int
+    what: str
+    public: str
+    public_ms: float
+    iterations: int = 3
+    dtype: str = "float32"
+
+
+TARGETS = (
+    Target("capsule-linear", "dynamic", 128, "dense layer 1152 x 8D -> 10 x 16D, 3 iterations, batch 128",
+           "XifengGuo", 1294.0),
+    Target("conv-caps", "em", 32, "EM ConvCaps 6x6 -> 4x4, K=3, 16 -> 16 types, 3 iterations, batch 32",
+           "yl-1993", 2202.0),
+)
+TARGET_SPEEDUP = 10.0
 
 
 def get_case(name: str) -> Case:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @cache
@@ -47,7 +47,7 @@ def cpu_model() -> str:
 
 def versions() -> dict[str, str]:
     """torch and triton versions (triton 'absent' where it is not installed)."""
-    try:
+    try:  # triton is optional (not installed off Linux): the one import inside a function in experiments/common
         import triton
 
         triton_version = triton.__version__
@@ -58,4 +58,4 @@ def versions() -> dict[str, str]:
 
 def timestamp() -> str:
     """UTC time in ISO 8601, seconds resolution."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from experiments.training_config import TrainConfig
+from experiments.train.config import TrainConfig
 
 ONECYCLE_START_FRACTION = 1 / 25  # onecycle starts at lr / 25, as torch's OneCycleLR (div_factor=25)
 

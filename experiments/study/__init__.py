@@ -1,0 +1,1 @@
+"""The routing study (`capsule-study`): its home, which a later issue builds."""
