@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 import routing
 from capsules import CapsuleLinear, ConvCaps
-from experiments.throughput.naive import NaiveCapsuleLinear
+from experiments.throughput.naive import NaiveCapsuleLinear, NaiveEMConvCaps
 
 MODES = ("forward", "backward", "forward+backward")
 BASELINE = "naive-torch"  # the provider name of the naive baselines' rows
@@ -125,6 +125,19 @@ def naive_capsule_linear(name: str, iterations: int, backend: str, batch: int, d
                     f"poses [{batch}, {I}, {in_dim}] -> [{batch}, {J}, {D}]")
 
 
+def naive_conv_caps(name: str, iterations: int, backend: str, batch: int, dtype: torch.dtype,
+                    device: torch.device) -> Workload:
+    """The conv-caps case written the public way (naive.NaiveEMConvCaps; EM routing, `backend` ignored): the same
+    shapes, so its rows line up with ours."""
+    H = W = 6
+    types, K, pose = 16, 3, 16
+    module = NaiveEMConvCaps(types, types, K, iterations=iterations).to(device=device, dtype=dtype)
+    inputs = (_leaf((batch, H, W, types, pose), dtype, device), _leaf((batch, H, W, types), dtype, device, True))
+    out = H - K + 1
+    return Workload(module, inputs, _leaves(inputs, module), (batch * out * out, K * K * types, types, pose),
+                    f"poses [{batch}, {H}, {W}, {types}, {pose}] -> [{batch}, {out}, {out}, {types}, {pose}]")
+
+
 Builder = Callable[[str, int, str, int, torch.dtype, torch.device], Workload]
 
 
@@ -141,7 +154,7 @@ CASES: dict[str, Case] = {
     for case in (
         Case("routing", routing_step, (8, 32)),
         Case("capsule-linear", capsule_linear, (16, 128), baselines={"dynamic": naive_capsule_linear}),
-        Case("conv-caps", conv_caps, (4, 32)),
+        Case("conv-caps", conv_caps, (4, 32), baselines={"em": naive_conv_caps}),
     )
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -79,11 +80,11 @@ def targets_markdown(rows: pd.DataFrame) -> str:
         if not naive.empty:
             naive_ms = float(naive["median"].iloc[-1])
             ratio = naive_ms / ours_ms
-            baseline, speedup, met = format_ms(naive_ms), f"{ratio:.1f}x", "yes" if ratio >= TARGET_SPEEDUP else "no"
-        elif target.routing in CASES[target.case].baselines:
-            baseline, speedup, met = "not timed", "", "n/a"
+            # rounded down, so that a ratio just short of the target never prints as the target itself
+            speedup = f"{math.floor(ratio * 10) / 10:.1f}x"
+            baseline, met = format_ms(naive_ms), "yes" if ratio >= TARGET_SPEEDUP else "no"
         else:
-            baseline, speedup, met = "none (no naive form)", "", "n/a"
+            baseline, speedup, met = "not timed", "", "n/a"
         lines.append({
             "target": target.what,
             "ours, torch (ms)": f"{format_ms(ours_ms)} ({format_ms(float(row['q20']))}-{format_ms(float(row['q80']))})",
@@ -93,7 +94,7 @@ def targets_markdown(rows: pd.DataFrame) -> str:
     return pd.DataFrame(lines).to_markdown(index=False) if lines else ""
 
 
-TARGETS_CAPTION = (f"Targets: forward + backward, PyTorch backend, {TARGET_SPEEDUP:.0f}x faster than the dense layer "
+TARGETS_CAPTION = (f"Targets: forward + backward, PyTorch backend, {TARGET_SPEEDUP:.0f}x faster than the same layer "
                    f"written the public way ({BASELINE}: naive.py) timed in the same run; the public "
                    "implementations' times on another 2-core CPU (REFERENCE.md) are context.")
 
