@@ -11,8 +11,8 @@ calls, which compile, are timed apart from the loop as first_call_s), "triton" (
 elsewhere a skipped row says so). Modes: forward, backward (of a retained graph), forward+backward.
 The NaN/Inf scan of routing inputs is off while timing (routing.finite_checks(False)).
 Baseline: where a CPU target's setting is in the sweep (cases.TARGETS: capsule-linear + dynamic at batch 128,
-conv-caps + em at batch 32; forward+backward, 3 iterations, float32) and its case has a naive form (naive.py: the
-dense layer written the public way), that form is timed too, in the same way, as provider "naive-torch"
+conv-caps + em at batch 32; forward+backward, 3 iterations, float32), the same layer written the public way
+(naive.py) is timed too, in the same way, as provider "naive-torch"
 (forward+backward only; --no-baseline leaves it out). The CPU targets' table compares against it.
 
 Each row: what was measured (case, routing, provider, mode, dtype, iterations, x_name/x_value = batch size),
