@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from kernels.em.schedule import inverse_temperatures
+
 
 class NaiveCapsuleLinear(nn.Module):
     """Dense capsule layer with dynamic routing, public-pattern: poses [B, I, D_in] -> (v [B, J, D], |v| [B, J])."""
@@ -70,8 +72,7 @@ class NaiveEMConvCaps(nn.Module):
         N, I, J, _ = votes.shape
         R = votes.new_full((N, I, J), 1.0 / J)
         a = acts.unsqueeze(-1)  # [N, I, 1]
-        for t in range(self.iterations):
-            lam = self.final_lambda * (1 - 0.95 ** (t + 1))
+        for t, lam in enumerate(inverse_temperatures(self.iterations, self.final_lambda)):
             Rp = (R * a).unsqueeze(-1)  # [N, I, J, 1]
             mass = Rp.sum(1, keepdim=True) + 1e-8  # [N, 1, J, 1]
             mu = (Rp * votes).sum(1, keepdim=True) / mass

@@ -23,7 +23,6 @@ def _squash_scale(n, eps):
     return n / ((1 + n) * tl.sqrt(n + eps))
 
 
-
 @triton.jit
 def dynamic_routing_forward_kernel(
     u_ptr, a_ptr,  # votes [B, I, J, D] (strided), activations [B, I] (strided) or None

@@ -158,7 +158,7 @@ def backward_chunk(
 
 
 def backward_chunks(votes, activations, beta_u, child_index, R, mu, var, logit, lambdas, eps, grad_mu, grad_act,
-                       grad_R, grad_votes, grad_activations):
+                    grad_R, grad_votes, grad_activations):
     """The EM routing backward, a chunk of rows at a time, from the saved R, mu, var, logit [T, N, ...] and the
     gradients of the outputs (mu [N, J, D], a_j [N, J], R [N, I, J]; any may be None). Writes the votes'
     gradient into grad_votes (any strides; it may share the votes' memory when they are not parent-major, since

@@ -34,7 +34,6 @@ from routing.em.backward import backward_chunks, beta_gradients, child_activatio
 LOG_2PI = math.log(2 * math.pi)
 
 
-
 def normalise_over_shared_children(log_num: Tensor, child_index: Tensor) -> Tensor:
     """log R from log numerators [N, J, I] when child i of row n is child child_index[n % P, i] of its sample.
 
