@@ -14,12 +14,14 @@ from routing.dynamic import DynamicRouting  # registers "dynamic" (and its Trito
 from routing.em import EMRouting  # registers "em" (likewise)
 from routing.registry import (
     ENTRY_POINT_GROUP,
+    SIZE_OPTIONS,
     PluginLoadError,
     UnknownRoutingError,
     available,
     backends,
     create,
     register,
+    size_options,
     unregister,
 )
 from routing.result import RoutingResult
@@ -29,6 +31,7 @@ from routing.validation import finite_checks
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "SIZE_OPTIONS",
     "DynamicRouting",
     "EMRouting",
     "PluginLoadError",
@@ -41,6 +44,7 @@ __all__ = [
     "create",
     "finite_checks",
     "register",
+    "size_options",
     "squash",
     "unregister",
 ]

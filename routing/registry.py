@@ -18,6 +18,9 @@ from routing.router import Router
 
 ENTRY_POINT_GROUP = "capsule_routing"
 REFERENCE_BACKEND = "torch"
+# Options that size a router's learned parameters, which the capsule layers pass where an algorithm takes them:
+# in_caps (distinct children), out_caps (parent types), pose_dim (the size D of a vote and of a parent's pose).
+SIZE_OPTIONS = ("in_caps", "out_caps", "pose_dim")
 # "auto" picks the first registered backend in this order; accelerated routers fall back to the reference one
 # on inputs they cannot handle (for example Triton on CPU tensors).
 AUTO_ORDER = ("triton", REFERENCE_BACKEND)
@@ -119,12 +122,21 @@ def _lookup(name: str) -> dict[str, type[Router]]:
     return _routers[name]
 
 
-def _check_options(name: str, cls: type[Router], options: dict[str, Any]) -> None:
-    accepted = [
+def _accepted_options(cls: type[Router]) -> list[str]:
+    return [
         p.name
         for p in inspect.signature(cls.__init__).parameters.values()
         if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
+
+
+def size_options(name: str) -> set[str]:
+    """Which of SIZE_OPTIONS algorithm `name` takes (from its reference backend's options)."""
+    return set(SIZE_OPTIONS) & set(_accepted_options(_lookup(name)[REFERENCE_BACKEND]))
+
+
+def _check_options(name: str, cls: type[Router], options: dict[str, Any]) -> None:
+    accepted = _accepted_options(cls)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(

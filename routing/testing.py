@@ -35,7 +35,7 @@ from torch import Tensor
 
 from routing.cpu.switch import tuning
 from routing.linear_votes import vector_votes
-from routing.registry import create
+from routing.registry import create, size_options
 from routing.result import RoutingResult
 from routing.router import Router
 from routing.validation import finite_checks
@@ -81,21 +81,32 @@ def check_router(
 ) -> None:
     """Run every contract check on algorithm `name`, backend `backend`, built with `options`.
 
-    votes_shape: (B, I, J, D) of the test inputs (default (3, 6, 4, 5), with J = options["out_caps"] when the
-    router takes its parents' count as that option). device: where the inputs live (default: CUDA for an
-    accelerated backend when available, else the CPU; Triton on the CPU needs TRITON_INTERPRET=1).
+    votes_shape: (B, I, J, D) of the test inputs (default (3, 6, 4, 5), with I, J, D taken from the options
+    in_caps, out_caps, pose_dim where given). A router that takes those size options (routing.SIZE_OPTIONS) gets
+    them from the inputs' shape unless `options` sets them, as the capsule layers do.
+    device: where the inputs live (default: CUDA for an accelerated backend when available, else the CPU; Triton
+    on the CPU needs TRITON_INTERPRET=1).
     Raises AssertionError naming the first violated check; returns None when all pass.
     """
     ctx = _Context(name, backend, options)
-    B, I, J, D = votes_shape or _default_shape(options)
-    probe = create(name, backend=backend, **options)
+    shape = votes_shape or _default_shape(options)
+    B, I, J, D = shape
+    sizes = size_options(name)
+
+    def options_for(shape: tuple[int, int, int, int], **changes: Any) -> dict[str, Any]:
+        """The options, with the size options the router takes filled in from the votes' shape."""
+        given = dict(zip(("in_caps", "out_caps", "pose_dim"), shape[1:], strict=True))
+        return {**{k: v for k, v in given.items() if k in sizes}, **options, **changes}
+
+    probe = create(name, backend=backend, **options_for(shape))  # for its attributes
     if device is None:
         device = "cuda" if probe.accelerated and torch.cuda.is_available() else "cpu"
     device = torch.device(device)
 
-    def build(dtype: torch.dtype = torch.float64, **changes: Any) -> Router:
+    def build(dtype: torch.dtype = torch.float64, shape: tuple[int, int, int, int] = shape, **changes: Any
+              ) -> Router:
         torch.manual_seed(0)  # routers whose parameters start random start alike
-        return create(name, backend=backend, **{**options, **changes}).to(device=device, dtype=dtype)
+        return create(name, backend=backend, **options_for(shape, **changes)).to(device=device, dtype=dtype)
 
     with finite_checks(True):
         _check_normalisation_attribute(ctx, probe)
@@ -105,7 +116,8 @@ def check_router(
         if not probe.child_parameters:
             _check_child_permutation(ctx, build(), (B, I, J, D), device)
         if probe.exact_gradients:
-            _check_gradients(ctx, build(), _gradcheck_shape(options, J), device)
+            small = _gradcheck_shape(options)
+            _check_gradients(ctx, build(shape=small), small, device)
         _check_transforms_path(ctx, build, (B, I, J, D), device)
         _check_bad_inputs(ctx, build(torch.float32), (B, I, J, D), device)
         _check_determinism(ctx, build(), (B, I, J, D), device)
@@ -113,14 +125,15 @@ def check_router(
             _check_iterations_take_effect(ctx, build, (B, I, J, D), device)
 
 
-def _default_shape(options: dict[str, Any]) -> tuple[int, int, int, int]:
-    B, I, J, D = DEFAULT_SHAPE
-    return B, I, options.get("out_caps") or J, D
+def _default_shape(options: dict[str, Any], default: tuple[int, int, int, int] = DEFAULT_SHAPE
+                   ) -> tuple[int, int, int, int]:
+    """(B, I, J, D): the default's, except the sizes that options in_caps, out_caps, pose_dim fix."""
+    B, I, J, D = default
+    return B, options.get("in_caps") or I, options.get("out_caps") or J, options.get("pose_dim") or D
 
 
-def _gradcheck_shape(options: dict[str, Any], J: int) -> tuple[int, int, int, int]:
-    B, I, J_small, D = GRADCHECK_SHAPE
-    return B, I, J if options.get("out_caps") else J_small, D
+def _gradcheck_shape(options: dict[str, Any]) -> tuple[int, int, int, int]:
+    return _default_shape(options, GRADCHECK_SHAPE)
 
 
 def _inputs(shape: tuple[int, int, int, int], device: torch.device, dtype: torch.dtype = torch.float64,

@@ -24,7 +24,8 @@ class CapsuleLinear(nn.Module):
     children or, on the CPU, fuses them into its routing (routing.cpu.fusion).
 
     routing: a name from `routing.available()`; routing_options go to `routing.create` (for example
-    iterations=3, backend="torch"); EM routing also gets out_caps=out_caps (beta_u, beta_a per parent).
+    iterations=3, backend="torch"); routers that learn parameters get the sizes they take (in_caps, out_caps,
+    pose_dim = out_dim; EM's beta_u and beta_a per parent, for example).
 
     ``forward(poses [B, in_caps, in_dim], activations [B, in_caps] or None) -> (poses [B, out_caps, out_dim],
     activations [B, out_caps])``. The router is the submodule ``router`` (a forward hook on it sees the
@@ -50,7 +51,7 @@ class CapsuleLinear(nn.Module):
         self.in_caps, self.in_dim, self.out_caps, self.out_dim = in_caps, in_dim, out_caps, out_dim
         shape = (in_caps, out_caps, out_dim, in_dim) if pose == "vector" else (in_caps, out_caps, 4, 4)
         self.weight = nn.Parameter(torch.empty(shape))
-        self.router = build_router(routing, out_caps, routing_options)
+        self.router = build_router(routing, routing_options, in_caps=in_caps, out_caps=out_caps, pose_dim=out_dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -61,7 +61,7 @@ class ClassCaps(nn.Module):
         self.coordinate_addition = bool(coordinate_addition)
         shape = (in_types, out_caps, 4, 4) if pose == "matrix" else (in_types, out_caps, out_dim, in_dim)
         self.weight = nn.Parameter(torch.empty(shape))
-        self.router = build_router(routing, out_caps, routing_options)
+        self.router = build_router(routing, routing_options, in_caps=in_types, out_caps=out_caps, pose_dim=out_dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -37,7 +37,8 @@ class ConvCaps(nn.Module):
         expect_positive_ints(in_types=in_types, out_types=out_types, kernel_size=kernel_size, stride=stride)
         self.in_types, self.out_types, self.kernel_size, self.stride = in_types, out_types, kernel_size, stride
         self.weight = nn.Parameter(torch.empty(kernel_size, kernel_size, in_types, out_types, 4, 4))
-        self.router = build_router(routing, out_types, routing_options)
+        self.router = build_router(routing, routing_options, in_caps=kernel_size * kernel_size * in_types,
+                                   out_caps=out_types, pose_dim=16)
         self.shares_children = accepts_child_index(self.router)
         self.reset_parameters()
 

@@ -8,17 +8,19 @@ from typing import Any
 import routing
 
 
-def build_router(name: str, out_caps: int, options: dict[str, Any]) -> routing.Router:
-    """`routing.create(name, **options)`, plus ``out_caps=out_caps`` where the algorithm takes that option.
+def build_router(name: str, options: dict[str, Any], *, in_caps: int, out_caps: int, pose_dim: int
+                 ) -> routing.Router:
+    """`routing.create(name, **options)`, plus the layer's sizes for the size options the algorithm takes.
 
-    EM routing learns beta_u and beta_a per parent type, so it is told the layer's number of parent types; an
-    algorithm without an ``out_caps`` option is built as given. An unknown name raises the registry's KeyError
+    in_caps: the number of distinct children a router with per-child parameters learns them for (a layer that
+    shares its transforms over positions passes its child types: votes with I = m * in_caps children then use
+    child i's parameters at i % in_caps); out_caps: the number of parent types (EM's beta_u and beta_a);
+    pose_dim: the size D of a vote. Options given explicitly win. An unknown name raises the registry's KeyError
     (which lists the available algorithms); an unknown option its ValueError.
     """
-    router = routing.create(name, **options)
-    if "out_caps" not in options and "out_caps" in inspect.signature(type(router).__init__).parameters:
-        router = routing.create(name, out_caps=out_caps, **options)
-    return router
+    sizes = {"in_caps": in_caps, "out_caps": out_caps, "pose_dim": pose_dim}
+    accepted = routing.size_options(name)
+    return routing.create(name, **{**{k: v for k, v in sizes.items() if k in accepted}, **options})
 
 
 def accepts_child_index(router: routing.Router) -> bool:
