@@ -12,7 +12,14 @@ architecture. Datasets live in the subpackage `capsules.datasets` (imported on u
 
 from capsules import losses, models
 from capsules.layers import CapsuleLinear, ClassCaps, ConvCaps, PrimaryCaps, ReconstructionDecoder
-from capsules.losses import SpreadMarginSchedule, margin_loss, reconstruction_loss, spread_loss
+from capsules.losses import (
+    SpreadMarginSchedule,
+    logit_cross_entropy,
+    margin_loss,
+    nll_loss,
+    reconstruction_loss,
+    spread_loss,
+)
 from capsules.models import (
     CapsuleOutput,
     UnknownModelError,
@@ -34,7 +41,9 @@ __all__ = [
     "available_models",
     "create_model",
     "losses",
+    "logit_cross_entropy",
     "margin_loss",
+    "nll_loss",
     "model_options",
     "models",
     "reconstruction_loss",

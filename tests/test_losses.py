@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from capsules import SpreadMarginSchedule, margin_loss, reconstruction_loss, spread_loss
+from capsules import (
+    SpreadMarginSchedule,
+    logit_cross_entropy,
+    margin_loss,
+    nll_loss,
+    reconstruction_loss,
+    spread_loss,
+)
 
 
 def test_margin_loss_matches_hand_computed_values():
@@ -75,3 +84,28 @@ def test_losses_reject_bad_inputs_clearly():
         SpreadMarginSchedule(steps=0)
     with pytest.raises(ValueError, match="missing"):
         SpreadMarginSchedule().load_state_dict({"start": 0.2})
+
+
+def test_nll_loss_is_minus_the_log_of_the_true_class_activation():
+    a = torch.tensor([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]], dtype=torch.float64)
+    labels = torch.tensor([0, 2])
+    want = -(math.log(0.7) + math.log(0.5)) / 2
+    assert nll_loss(a, labels).item() == pytest.approx(want, rel=1e-12)
+    assert torch.isfinite(nll_loss(torch.tensor([[0.0, 1.0]]), torch.tensor([0])))  # an activation of exactly 0
+
+
+def test_logit_cross_entropy_is_the_cross_entropy_of_the_sigmoids_input():
+    z = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3, 1])
+    got = logit_cross_entropy(torch.sigmoid(z), labels)
+    assert got.item() == pytest.approx(torch.nn.functional.cross_entropy(z, labels).item(), rel=1e-9)
+    saturated = logit_cross_entropy(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    assert torch.isfinite(saturated) and saturated.item() < 1e-6
+
+
+@pytest.mark.parametrize("loss", [nll_loss, logit_cross_entropy])
+def test_likelihood_losses_check_their_inputs(loss):
+    with pytest.raises(ValueError, match=r"\[B, K\]"):
+        loss(torch.rand(3), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError):
+        loss(torch.rand(2, 3), torch.tensor([0, 3]))

@@ -20,7 +20,7 @@ from typing import Any
 DATASETS = ("mnist", "smallnorb", "smallnorb-azimuth", "smallnorb-elevation")
 SCHEDULES = ("exponential", "onecycle", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw")
-LOSSES = ("margin", "spread")
+LOSSES = ("margin", "spread", "nll", "cross-entropy")
 
 
 @dataclass
@@ -51,7 +51,7 @@ class TrainConfig:
     final_lr_fraction: float = 0.0  # onecycle/cosine: lr at the end, as a fraction of lr
     grad_clip: float | None = None  # clip the gradient's global norm (None: no clipping)
     # loss
-    loss: str = "margin"  # margin (Sabour et al.) or spread (Hinton et al.)
+    loss: str = "margin"  # margin (Sabour et al.), spread (Hinton et al.), nll or cross-entropy (on logits)
     spread_margin_start: float = 0.2  # spread-loss margin at the start
     spread_margin_end: float = 0.9  # spread-loss margin at the end of its ramp
     spread_margin_fraction: float = 0.5  # spread margin reaches its end value after this share of training
@@ -96,9 +96,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "compact": dict(dataset="mnist", optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="onecycle",
                     warmup_fraction=0.15, batch_size=128, reconstruction_weight=0.0, max_shift=2, epochs=15),
 }
-# The loss of each routing's paper, for presets that leave the loss open: EM routing's activations start near 0.5,
-# where the spread loss (which scores differences between activations) learns much faster than the margin loss.
-ROUTING_LOSS = {"dynamic": "margin", "em": "spread"}
+# The loss of each routing's paper, for presets that leave the loss open (EM routing's activations start near 0.5,
+# where the spread loss, which scores differences between activations, learns much faster than the margin loss):
+# SR-CapsNet's trainer uses NLLLoss for self-routing; inverted dot-product routing trains cross-entropy on its
+# class logits, variational Bayes routing (the authors' train.py) cross-entropy on its activations' logits;
+# Efficient-CapsNet uses the margin loss.
+ROUTING_LOSS = {"dynamic": "margin", "em": "spread", "self-routing": "nll", "inverted-dot-product": "cross-entropy",
+                "self-attention": "margin", "variational-bayes": "cross-entropy"}
 
 
 def preset_for(model: str) -> dict[str, Any]:

@@ -112,9 +112,14 @@ def count_parameters(model: nn.Module) -> int:
 # ------------------------------------------------------------------------------------------------- the loss
 def classification_loss(config: TrainConfig, activations: torch.Tensor, labels: torch.Tensor,
                         margin: float) -> torch.Tensor:
-    """Mean over the batch of the margin loss (Sabour et al.) or the spread loss at `margin` (Hinton et al.)."""
+    """Mean over the batch of the configured loss: margin (Sabour et al.), spread at `margin` (Hinton et al.),
+    nll (-log of the true class's activation) or cross-entropy (on the activations' logits)."""
     if config.loss == "spread":
         return capsules.spread_loss(activations, labels, margin)
+    if config.loss == "nll":
+        return capsules.nll_loss(activations, labels)
+    if config.loss == "cross-entropy":
+        return capsules.logit_cross_entropy(activations, labels)
     return capsules.margin_loss(activations, labels)
 
 
