@@ -28,7 +28,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -63,7 +63,7 @@ class Sweep:
     """What to measure. batch_sizes None: each case's own default list (cases.CASES)."""
 
     cases: Sequence[str] = tuple(CASES)
-    routings: Sequence[str] = ("dynamic", "em")
+    routings: Sequence[str] = field(default_factory=lambda: tuple(routing.available()))  # every registered one
     providers: Sequence[str] | None = None  # None: default_providers(device)
     # the default leaves out "backward" (one retained graph's backward), which forward and forward+backward
     # bracket, to keep the default run within a few minutes on a 2-core CPU; --modes backward adds it
@@ -302,7 +302,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = Sweep()
     parser.add_argument("--cases", nargs="+", default=list(defaults.cases), help=f"of {', '.join(CASES)}")
     parser.add_argument("--routings", nargs="+", default=list(defaults.routings),
-                        help=f"registered routing names (now: {', '.join(routing.available())})")
+                        help=f"registered routing names (default: all of {', '.join(routing.available())})")
     parser.add_argument("--providers", nargs="+", default=None,
                         help=f"of {', '.join(PROVIDERS)} (default: all on CUDA; torch and triton on CPU)")
     parser.add_argument("--modes", nargs="+", default=list(defaults.modes), help=f"of {', '.join(MODES)}")
