@@ -20,12 +20,16 @@ from routing.registry import (
     available,
     backends,
     create,
+    options,
     register,
     size_options,
+    sized_options,
     unregister,
 )
 from routing.result import RoutingResult
 from routing.router import Router
+from routing.self_attention import SelfAttentionRouting  # registers "self-attention"
+from routing.self_routing import SelfRouting  # registers "self-routing"
 from routing.squash import squash
 from routing.validation import finite_checks
 
@@ -34,6 +38,8 @@ __all__ = [
     "SIZE_OPTIONS",
     "DynamicRouting",
     "EMRouting",
+    "SelfAttentionRouting",
+    "SelfRouting",
     "PluginLoadError",
     "Router",
     "RoutingResult",
@@ -43,8 +49,10 @@ __all__ = [
     "cpu",
     "create",
     "finite_checks",
+    "options",
     "register",
     "size_options",
+    "sized_options",
     "squash",
     "unregister",
 ]

@@ -130,9 +130,22 @@ def _accepted_options(cls: type[Router]) -> list[str]:
     ]
 
 
+def options(name: str) -> list[str]:
+    """The options algorithm `name` takes (its reference backend's keyword arguments), for example
+    ['iterations', 'detach_inner', 'eps'] for "dynamic"; non-iterative algorithms take no `iterations`."""
+    return _accepted_options(_lookup(name)[REFERENCE_BACKEND])
+
+
 def size_options(name: str) -> set[str]:
-    """Which of SIZE_OPTIONS algorithm `name` takes (from its reference backend's options)."""
-    return set(SIZE_OPTIONS) & set(_accepted_options(_lookup(name)[REFERENCE_BACKEND]))
+    """Which of SIZE_OPTIONS algorithm `name` takes."""
+    return set(SIZE_OPTIONS) & set(options(name))
+
+
+def sized_options(name: str, votes_shape: tuple[int, ...], **options: Any) -> dict[str, Any]:
+    """`options` plus the size options algorithm `name` takes (in_caps, out_caps, pose_dim: routing.SIZE_OPTIONS)
+    read from votes_shape (B, I, J, D) unless `options` sets them, as a capsule layer passes them."""
+    given = dict(zip(("in_caps", "out_caps", "pose_dim"), tuple(votes_shape)[1:], strict=True))
+    return {**{k: v for k, v in given.items() if k in size_options(name)}, **options}
 
 
 def _check_options(name: str, cls: type[Router], options: dict[str, Any]) -> None:

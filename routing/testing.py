@@ -35,7 +35,7 @@ from torch import Tensor
 
 from routing.cpu.switch import tuning
 from routing.linear_votes import vector_votes
-from routing.registry import create, size_options
+from routing.registry import create, sized_options
 from routing.result import RoutingResult
 from routing.router import Router
 from routing.validation import finite_checks
@@ -91,12 +91,9 @@ def check_router(
     ctx = _Context(name, backend, options)
     shape = votes_shape or _default_shape(options)
     B, I, J, D = shape
-    sizes = size_options(name)
 
     def options_for(shape: tuple[int, int, int, int], **changes: Any) -> dict[str, Any]:
-        """The options, with the size options the router takes filled in from the votes' shape."""
-        given = dict(zip(("in_caps", "out_caps", "pose_dim"), shape[1:], strict=True))
-        return {**{k: v for k, v in given.items() if k in sizes}, **options, **changes}
+        return sized_options(name, shape, **{**options, **changes})
 
     probe = create(name, backend=backend, **options_for(shape))  # for its attributes
     if device is None:

@@ -12,6 +12,7 @@ from capsules.layers.votes import matrix_votes, shared_matrix_votes, shared_vect
 from capsules.layers.windows import extract_windows, window_child_index
 from tests.compare import assert_close
 from tests.naive_routing import naive_em
+from tests.routers import iteration_options
 
 ALGORITHMS = routing.available()
 F64 = dict(atol=1e-12, rtol=1e-10)
@@ -147,7 +148,7 @@ def test_digit_caps_has_sabours_weight_count_and_nothing_else():
 @pytest.mark.parametrize("pose", ["vector", "matrix"])
 def test_capsule_linear_routes_the_loop_votes_with_any_algorithm(name, pose):
     in_dim, out_dim = (3, 5) if pose == "vector" else (16, 16)
-    layer = randomise(CapsuleLinear(6, in_dim, 4, out_dim, name, pose=pose, iterations=2).double())
+    layer = randomise(CapsuleLinear(6, in_dim, 4, out_dim, name, pose=pose, **iteration_options(name, 2)).double())
     u, acts = randn(2, 6, in_dim), rand_acts(2, 6)
     poses, out_acts = layer(u, acts)
     W = layer.weight.detach()
@@ -285,7 +286,7 @@ def test_conv_caps_dynamic_routes_each_window_on_its_own():
 
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_conv_caps_forward_and_backward_with_any_algorithm(name):
-    layer = ConvCaps(3, 4, 3, 2, routing=name, iterations=2)
+    layer = ConvCaps(3, 4, 3, 2, routing=name, **iteration_options(name, 2))
     poses = torch.randn(2, 7, 7, 3, 16, requires_grad=True)
     acts = torch.rand(2, 7, 7, 3, requires_grad=True)
     out_poses, out_acts = layer(poses, acts)
@@ -331,7 +332,7 @@ def test_scaled_coordinates_are_row_and_column_centres():
 
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_class_caps_routes_the_shared_votes_of_every_position(name):
-    layer = randomise(ClassCaps(3, 4, name, iterations=2).double())
+    layer = randomise(ClassCaps(3, 4, name, **iteration_options(name, 2)).double())
     poses, acts = randn(2, 2, 3, 3, 16), rand_acts(2, 2, 3, 3)
     out_poses, out_acts = layer(poses, acts)
     votes = torch.stack([torch.stack([torch.stack([(poses[b, y, x, t].view(4, 4) @ layer.weight[t, j]).flatten()

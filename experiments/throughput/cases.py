@@ -17,7 +17,6 @@ A case may also have a baseline per routing (provider "naive-torch"): the same l
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -76,25 +75,23 @@ def routing_step(name: str, iterations: int, backend: str, batch: int, dtype: to
                  device: torch.device) -> Workload:
     """The router alone on votes [B, 1152, 10, 16] and activations [B, 1152]."""
     I, J, D = 1152, 10, 16
-    options: dict = {"iterations": iterations}
-    if "out_caps" in _router_options(name):
-        options["out_caps"] = J  # EM learns beta_u, beta_a per parent type
+    options = routing.sized_options(name, (batch, I, J, D), **_iterations(name, iterations))
     module = routing.create(name, backend=backend, **options).to(device=device, dtype=dtype)
     inputs = (_leaf((batch, I, J, D), dtype, device), _leaf((batch, I), dtype, device, positive=True))
     return Workload(module, inputs, _leaves(inputs, module), (batch, I, J, D),
                     f"votes [{batch}, {I}, {J}, {D}] -> [{batch}, {J}, {D}]")
 
 
-def _router_options(name: str) -> set[str]:
-    cls = type(routing.create(name, backend="torch"))
-    return set(inspect.signature(cls.__init__).parameters)
+def _iterations(name: str, iterations: int) -> dict[str, int]:
+    """The iterations option, for the algorithms that iterate (self-routing and self-attention do not)."""
+    return {"iterations": iterations} if "iterations" in routing.options(name) else {}
 
 
 def capsule_linear(name: str, iterations: int, backend: str, batch: int, dtype: torch.dtype,
                    device: torch.device) -> Workload:
     """CapsuleLinear 1152 x 8D -> 10 x 16D (CapsNet DigitCaps) on poses [B, 1152, 8], no input activations."""
     I, in_dim, J, D = 1152, 8, 10, 16
-    module = CapsuleLinear(I, in_dim, J, D, routing=name, iterations=iterations, backend=backend)
+    module = CapsuleLinear(I, in_dim, J, D, routing=name, backend=backend, **_iterations(name, iterations))
     module = module.to(device=device, dtype=dtype)
     inputs = (_leaf((batch, I, in_dim), dtype, device), None)
     return Workload(module, inputs, _leaves(inputs, module), (batch, I, J, D),
@@ -106,7 +103,7 @@ def conv_caps(name: str, iterations: int, backend: str, batch: int, dtype: torch
     """ConvCaps 16 -> 16 types, K=3, stride 1, 4x4 poses, on a 6x6 grid -> 4x4 (votes [B*16, 144, 16, 16])."""
     H = W = 6
     types, K, pose = 16, 3, 16
-    module = ConvCaps(types, types, K, 1, routing=name, iterations=iterations, backend=backend)
+    module = ConvCaps(types, types, K, 1, routing=name, backend=backend, **_iterations(name, iterations))
     module = module.to(device=device, dtype=dtype)
     inputs = (_leaf((batch, H, W, types, pose), dtype, device), _leaf((batch, H, W, types), dtype, device, True))
     out = H - K + 1

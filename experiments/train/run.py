@@ -24,6 +24,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -67,12 +68,21 @@ def check_names(config: TrainConfig) -> None:
         raise KeyError(f"unknown routing {config.routing!r}; available: {', '.join(routing.available())}")
 
 
+def routing_options(config: TrainConfig) -> dict[str, Any]:
+    """The routing's backend, and its iterations where the algorithm iterates (self-routing and self-attention
+    do not: for them routing_iterations does not apply)."""
+    options: dict[str, Any] = {"backend": config.routing_backend}
+    if "iterations" in routing.options(config.routing):
+        options["iterations"] = config.routing_iterations
+    return options
+
+
 def build_model(config: TrainConfig, data: TrainingData) -> nn.Module:
     """capsules.create_model sized for the dataset (channels, classes, and image size where the model takes one),
     with the routing, its iterations and backend, and a decoder only when the reconstruction loss is on."""
     accepted = capsules.model_options(config.model)
     options = dict(in_channels=data.channels, classes=data.classes,
-                   routing_options={"iterations": config.routing_iterations, "backend": config.routing_backend})
+                   routing_options=routing_options(config))
     if "image_size" in accepted:
         options["image_size"] = data.image_size
     if "decoder" in accepted:
