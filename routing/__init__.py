@@ -12,6 +12,7 @@ an accelerated one ("triton"); ``backend="auto"`` picks the fastest one that can
 from routing import cpu
 from routing.dynamic import DynamicRouting  # registers "dynamic" (and its Triton backend where triton is installed)
 from routing.em import EMRouting  # registers "em" (likewise)
+from routing.inverted_dot_product import InvertedDotProductRouting  # registers "inverted-dot-product"
 from routing.registry import (
     ENTRY_POINT_GROUP,
     SIZE_OPTIONS,
@@ -38,6 +39,7 @@ __all__ = [
     "SIZE_OPTIONS",
     "DynamicRouting",
     "EMRouting",
+    "InvertedDotProductRouting",
     "SelfAttentionRouting",
     "SelfRouting",
     "PluginLoadError",
