@@ -33,6 +33,7 @@ from routing.self_attention import SelfAttentionRouting  # registers "self-atten
 from routing.self_routing import SelfRouting  # registers "self-routing"
 from routing.squash import squash
 from routing.validation import finite_checks
+from routing.variational_bayes import VariationalBayesRouting  # registers "variational-bayes"
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -42,6 +43,7 @@ __all__ = [
     "InvertedDotProductRouting",
     "SelfAttentionRouting",
     "SelfRouting",
+    "VariationalBayesRouting",
     "PluginLoadError",
     "Router",
     "RoutingResult",
