@@ -136,6 +136,12 @@ def options(name: str) -> list[str]:
     return _accepted_options(_lookup(name)[REFERENCE_BACKEND])
 
 
+def option_defaults(name: str) -> dict[str, Any]:
+    """The default value of each option of algorithm `name` that has one (for example {"iterations": 3, ...})."""
+    parameters = inspect.signature(_lookup(name)[REFERENCE_BACKEND].__init__).parameters
+    return {n: p.default for n, p in parameters.items() if n != "self" and p.default is not p.empty}
+
+
 def size_options(name: str) -> set[str]:
     """Which of SIZE_OPTIONS algorithm `name` takes."""
     return set(SIZE_OPTIONS) & set(options(name))

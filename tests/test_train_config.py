@@ -4,6 +4,7 @@ import argparse
 
 import pytest
 
+import routing
 from experiments.train.config import PRESETS, TrainConfig, add_arguments, build_config, parse_model_options
 from experiments.train.run import parse_args
 from experiments.train.schedule import lr_at, progress, spread_margin_at
@@ -93,3 +94,20 @@ def test_spread_margin_grows_from_start_to_end_then_stays():
     assert spread_margin_at(config, 0.25) == pytest.approx(0.55)
     assert spread_margin_at(config, 0.5) == pytest.approx(0.9)
     assert spread_margin_at(config, 1.0) == pytest.approx(0.9)
+
+
+def test_routing_iterations_default_to_the_algorithms_own_and_only_apply_where_it_iterates():
+    assert build_config(model="compact", routing="dynamic").routing_iterations == 3
+    assert build_config(model="compact", routing="inverted-dot-product").routing_iterations == 2  # its paper's
+    assert build_config(model="compact", routing="em", routing_iterations=2).routing_iterations == 2
+    assert build_config(model="compact", routing="self-routing").routing_iterations is None
+    with pytest.raises(ValueError, match="routing 'self-attention' does not iterate"):
+        build_config(model="compact", routing="self-attention", routing_iterations=3)
+    with pytest.raises(ValueError, match="routing-iterations must be >= 1"):
+        build_config(model="compact", routing="dynamic", routing_iterations=0)
+
+
+def test_each_routing_trains_with_its_papers_loss():
+    losses = {name: build_config(model="compact", routing=name).loss for name in routing.available()}
+    assert losses == {"dynamic": "margin", "em": "spread", "self-routing": "nll", "self-attention": "margin",
+                      "inverted-dot-product": "cross-entropy", "variational-bayes": "cross-entropy"}

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import routing
+
 DATASETS = ("mnist", "smallnorb", "smallnorb-azimuth", "smallnorb-elevation")
 SCHEDULES = ("exponential", "onecycle", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw")
@@ -33,7 +35,7 @@ class TrainConfig:
     data_root: str | None = None  # folder with the dataset's files (default $CAPSULES_DATA/<dataset>)
     train_subset: int | None = None  # use the first N training images (None: all)
     test_subset: int | None = None  # use the first N test images (None: all)
-    routing_iterations: int = 3  # routing iterations in every routed layer
+    routing_iterations: int | None = None  # routing iterations in every routed layer (None: the algorithm's own)
     routing_backend: str = "auto"  # routing backend: auto, torch, triton
     model_options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for create_model
     # optimisation
@@ -121,9 +123,26 @@ def build_config(**overrides: Any) -> TrainConfig:
     model = overrides.get("model") or TrainConfig.model
     values = {**preset_for(model), **{k: v for k, v in overrides.items() if v is not None}}
     values.setdefault("loss", ROUTING_LOSS.get(values.get("routing", TrainConfig.routing), TrainConfig.loss))
+    resolve_iterations(values)
     config = TrainConfig(**values)
     validate(config)
     return config
+
+
+def resolve_iterations(values: dict[str, Any]) -> None:
+    """Fill in routing_iterations from the routing's own default (its paper's: 3 for dynamic and EM, 2 for inverted
+    dot-product routing) where it iterates; a count given for a routing that does not iterate (self-routing,
+    self-attention) is a ValueError. Unknown routing names are left to the model's registry to report."""
+    name = values.get("routing", TrainConfig.routing)
+    if name not in routing.available():
+        return
+    iterations = values.get("routing_iterations")
+    if "iterations" not in routing.options(name):
+        if iterations is not None:
+            raise ValueError(f"--routing-iterations {iterations} does not apply: routing {name!r} does not iterate")
+        return
+    if iterations is None:
+        values["routing_iterations"] = routing.option_defaults(name)["iterations"]
 
 
 def validate(config: TrainConfig) -> None:
@@ -134,11 +153,11 @@ def validate(config: TrainConfig) -> None:
         if getattr(config, name) not in allowed:
             raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                              f"got {getattr(config, name)!r}")
-    positive = ("epochs", "batch_size", "eval_batch_size", "decay_steps", "routing_iterations")
+    positive = ("epochs", "batch_size", "eval_batch_size", "decay_steps")
     for name in positive:
         if getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
-    for name in ("train_subset", "test_subset", "threads"):
+    for name in ("train_subset", "test_subset", "threads", "routing_iterations"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
     if config.lr <= 0:

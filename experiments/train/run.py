@@ -69,10 +69,10 @@ def check_names(config: TrainConfig) -> None:
 
 
 def routing_options(config: TrainConfig) -> dict[str, Any]:
-    """The routing's backend, and its iterations where the algorithm iterates (self-routing and self-attention
-    do not: for them routing_iterations does not apply)."""
+    """The routing's backend, and its iterations where the algorithm iterates (routing_iterations is None for
+    self-routing and self-attention, which do not)."""
     options: dict[str, Any] = {"backend": config.routing_backend}
-    if "iterations" in routing.options(config.routing):
+    if config.routing_iterations is not None:  # build_config resolved it for the routings that iterate
         options["iterations"] = config.routing_iterations
     return options
 
