@@ -196,7 +196,9 @@ def backward_chunk(
         # G_Rp = <X_t, G_mu_tot> / M + [N < eps] <mu, G_mu_tot> / M + <X_t^2, G_S> + G_N
         low = (N < priors.eps).to(V.dtype)
         per_parent = ((d * g_mu_tot).sum(-1) + low * (m_t * g_mu_tot).sum(-1)) / M + g_N  # [n, J]
-        g_Rp = agreement(X, g_mu_tot / M.unsqueeze(-1)) + agreement(X2, g_S) + per_parent.unsqueeze(-1)
+        g_Rp = agreement(X, g_mu_tot / M.unsqueeze(-1))  # [n, J, I]
+        g_Rp.view(n * J, 1, I).baddbmm_(g_S.view(n * J, 1, D), X2.view(n * J, I, D).transpose(1, 2))
+        g_Rp += per_parent.unsqueeze(-1)
         if grad_a is not None:
             grad_a += (g_Rp * R[t]).sum(1, keepdim=True)
         g_R_next = g_Rp if a is None else g_Rp * a

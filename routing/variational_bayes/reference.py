@@ -89,13 +89,16 @@ def route_chunk(
             poses.copy_((N / post.kappa).unsqueeze(-1) * mu_t)
             logit.copy_(output_logit(post, beta_u, beta_a, D))
             break
-        # E-step: sum_d (V - m)^2 / P with V - m = X + delta, in log space
-        w = 1.0 / P_t
+        # E-step in log space: -nu/2 sum_d (V - m)^2 / P with V - m = X + delta, as
+        # <X^2, s2> + <X, s1> + <delta^2, s2> with s2 = -nu / (2 P), s1 = 2 s2 delta
         delta = g.unsqueeze(-1) * mu_t
-        wd = w * delta
-        quad = agreement(X2, w) + 2.0 * agreement(X, wd) + (wd * delta).sum(-1, keepdim=True)  # [n, J, I]
-        per_parent = post.Elnpi + 0.5 * post.Elnlambda - 0.5 * D * LN2PI - 0.5 * D / post.kappa  # [n, J]
-        R_t = (per_parent.unsqueeze(-1) - 0.5 * post.nu.unsqueeze(-1) * quad).softmax(dim=1)  # over parents
+        s2 = (-0.5 * post.nu).unsqueeze(-1) / P_t
+        s1 = 2.0 * s2 * delta
+        per_parent = (post.Elnpi + 0.5 * post.Elnlambda - 0.5 * D * LN2PI - 0.5 * D / post.kappa
+                      + (s2 * delta.square()).sum(-1))  # [n, J]
+        logits = agreement(X2, s2)  # [n, J, I]
+        logits.view(n * J, 1, I).baddbmm_(s1.view(n * J, 1, D), X.view(n * J, I, D).transpose(1, 2))
+        R_t = (logits + per_parent.unsqueeze(-1)).softmax(dim=1)  # over parents
 
 
 def route_chunks(
