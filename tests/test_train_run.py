@@ -28,9 +28,16 @@ def small_run(tmp_path: Path, name: str, data_root: Path, **options):
     return build_config(**{**settings, **options})
 
 
+# Training images of the one-epoch real-MNIST run: variational Bayes routing's class activations (from posterior
+# entropies and mixing weights) start nearly equal and separate more slowly: 21% test accuracy after 1024 images,
+# 37% after 3072 (its 20-minute run reaches 98.9%, experiments/results/accuracy.csv).
+SHORT_RUN_IMAGES = {"variational-bayes": 4096}
+
+
 @pytest.mark.parametrize("routing_name", routing.available())
 def test_short_real_mnist_run_learns_well_above_chance(tmp_path, routing_name, real_mnist_dir):
-    config = small_run(tmp_path, routing_name, real_mnist_dir, routing=routing_name, train_subset=1024, test_subset=500)
+    config = small_run(tmp_path, routing_name, real_mnist_dir, routing=routing_name,
+                       train_subset=SHORT_RUN_IMAGES.get(routing_name, 1024), test_subset=500)
     check_learns_well_above_chance(config, routing_name)
 
 

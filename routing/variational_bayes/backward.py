@@ -236,19 +236,20 @@ def backward_chunks(votes, activations, beta_u, beta_a, R, mu, P, act, priors, g
     g_R = None if grad_R is None else grad_R.to(dtype).transpose(1, 2)
     chunks = chunking.row_chunks(N, chunking.votes_row_bytes(votes, dtype), 1, CHUNK_BYTES, votes.device)
     work = R.new_empty((3, chunks[0].stop, J, I, D))  # scratch and, for other layouts, the gradient's chunk
-    for rows in chunks:
-        V = parent_major(votes[rows], dtype)
-        n = V.shape[0]
-        a = child_activations(activations, rows, dtype)
-        target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [n, J, I, D]
-        direct = target is not None and target.is_contiguous() and target.dtype == dtype
-        gV = target if direct else (None if target is None else work[2, :n])
-        g_a = backward_chunk(V, a, R[:, rows], mu[:, rows], P[:, rows], priors, g_m[rows], g_z[rows],
-                             None if g_R is None else g_R[rows], gV, work[:2, :n])
-        if target is not None and not direct:
-            target.copy_(gV)
-        if grad_activations is not None:
-            grad_activations[rows] = g_a.squeeze(1)
+    with torch.autocast(votes.device.type, enabled=False):  # in the accumulation dtype, as the forward
+        for rows in chunks:
+            V = parent_major(votes[rows], dtype)
+            n = V.shape[0]
+            a = child_activations(activations, rows, dtype)
+            target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [n, J, I, D]
+            direct = target is not None and target.is_contiguous() and target.dtype == dtype
+            gV = target if direct else (None if target is None else work[2, :n])
+            g_a = backward_chunk(V, a, R[:, rows], mu[:, rows], P[:, rows], priors, g_m[rows], g_z[rows],
+                                 None if g_R is None else g_R[rows], gV, work[:2, :n])
+            if target is not None and not direct:
+                target.copy_(gV)
+            if grad_activations is not None:
+                grad_activations[rows] = g_a.squeeze(1)
     return beta_gradients(g_z, beta_u, beta_a)
 
 

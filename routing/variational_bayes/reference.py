@@ -121,11 +121,13 @@ def route_chunks(
     bu, ba = beta_u.to(dtype).view(1, -1), beta_a.to(dtype).view(1, -1)
     chunks = chunking.row_chunks(N, chunking.votes_row_bytes(votes, dtype), 1, CHUNK_BYTES, votes.device)
     work = votes.new_empty((2, chunks[0].stop, J, I, D), dtype=dtype)  # reused by every chunk
-    for rows in chunks:
-        V = parent_major(votes[rows], dtype) if keep is None else keep[rows].copy_(votes[rows].transpose(1, 2))
-        a = child_activations(activations, rows, dtype)
-        route_chunk(V, a, bu, ba, priors, R[:, rows], mu[:, rows], P[:, rows], poses[rows], logit[rows],
-                    work[:, : V.shape[0]])
+    # the routing runs in the accumulation dtype: under autocast its products would be half-precision
+    with torch.autocast(votes.device.type, enabled=False):
+        for rows in chunks:
+            V = parent_major(votes[rows], dtype) if keep is None else keep[rows].copy_(votes[rows].transpose(1, 2))
+            a = child_activations(activations, rows, dtype)
+            route_chunk(V, a, bu, ba, priors, R[:, rows], mu[:, rows], P[:, rows], poses[rows], logit[rows],
+                        work[:, : V.shape[0]])
     return R, mu, P, poses, logit
 
 
