@@ -22,3 +22,19 @@ def agreement(u: Tensor, v: Tensor) -> Tensor:
 def weighted_sum(w: Tensor, u: Tensor) -> Tensor:
     """sum_i w_ji u_jid for w [B, J, I], u [B, J, I, D] -> [B, J, D]."""
     return (w.unsqueeze(2) @ u).squeeze(2)
+
+
+def low_rank_times_centred(lefts: list[Tensor], scales: list[Tensor], shifts: list[Tensor], X: Tensor,
+                           out: Tensor) -> None:
+    """out = sum_k left_k (x) (scale_k * X + shift_k), the votes' gradient of the EM-like routers, written into out.
+
+    lefts: K tensors [n, J, I]; scales, shifts: K tensors [n, J, D]; X [n, J, I, D] (the votes centred on a
+    parent's mean); out [n, J, I, D], contiguous. Two batched products of rank K: the scales' times X, plus the
+    shifts'."""
+    n, J, I, D = X.shape
+    K = len(lefts)
+    left = torch.stack(lefts, dim=2).view(n * J, K, I).transpose(1, 2)  # [n*J, I, K]
+    flat = out.view(n * J, I, D)
+    torch.bmm(left, torch.stack(scales, dim=2).view(n * J, K, D), out=flat)
+    out.mul_(X)
+    flat.baddbmm_(left, torch.stack(shifts, dim=2).view(n * J, K, D))

@@ -45,7 +45,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from routing.batched import agreement, parent_major
+from routing.batched import agreement, low_rank_times_centred, parent_major
 from routing.cpu import chunking
 
 LN2 = math.log(2.0)
@@ -214,12 +214,7 @@ def backward_chunk(
             scales.append(w)
             shifts.append(w * (d + delta))
     if grad_V is not None:
-        K = len(lefts)
-        left = torch.stack(lefts, dim=2).view(n * J, K, I).transpose(1, 2)  # [n*J, I, K]
-        flat = grad_V.view(n * J, I, D)
-        torch.bmm(left, torch.stack(scales, dim=2).view(n * J, K, D), out=flat)
-        grad_V.mul_(X)
-        flat.baddbmm_(left, torch.stack(shifts, dim=2).view(n * J, K, D))
+        low_rank_times_centred(lefts, scales, shifts, X, grad_V)
     return grad_a
 
 
