@@ -4,13 +4,27 @@ matrix-vector product."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
+
+from routing.cpu.chunking import row_chunks, votes_row_bytes
 
 
 def parent_major(votes: Tensor, dtype: torch.dtype) -> Tensor:
     """votes [B, I, J, D] -> contiguous [B, J, I, D] in `dtype` (no copy when already laid out that way)."""
     return votes.transpose(1, 2).to(dtype).contiguous()
+
+
+def parent_major_chunks(votes: Tensor, activations: Tensor | None, dtype: torch.dtype, keep: Tensor | None = None
+                        ) -> Iterator[tuple[slice, Tensor, Tensor | None]]:
+    """(rows, u [b, J, I, D], a [b, 1, I] or None) for each cache-sized chunk of samples of votes [B, I, J, D]
+    (routing.cpu.chunking): the chunk's votes parent-major and its activations, both in `dtype`. `keep` (a
+    contiguous [B, J, I, D] in `dtype`, or None) receives the parent-major votes, and u is then its chunk."""
+    for rows in row_chunks(votes.shape[0], votes_row_bytes(votes, dtype), device=votes.device):
+        u = parent_major(votes[rows], dtype) if keep is None else keep[rows].copy_(votes[rows].transpose(1, 2))
+        yield rows, u, None if activations is None else activations[rows].to(dtype).unsqueeze(1)
 
 
 def agreement(u: Tensor, v: Tensor) -> Tensor:

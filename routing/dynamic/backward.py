@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.batched import agreement, parent_major, weighted_sum
-from routing.cpu.chunking import row_chunks, votes_row_bytes
+from routing.batched import agreement, parent_major_chunks, weighted_sum
 from routing.squash import squash, squash_backward
 
 
@@ -101,9 +100,7 @@ def backward_chunks(
     and that of the activations [B, I] into grad_act (either may be None). gv [B, J, D] and gc [B, J, I] (or
     None) are the gradients of the last iteration's squashed poses and couplings."""
     dtype = sums.dtype
-    for rows in row_chunks(votes.shape[0], votes_row_bytes(votes, dtype), device=votes.device):
-        u = parent_major(votes[rows], dtype)
-        a = None if activations is None else activations[rows].to(dtype).unsqueeze(1)
+    for rows, u, a in parent_major_chunks(votes, activations, dtype):
         target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [b, J, I, D]
         direct = target is not None and target.is_contiguous() and target.dtype == dtype
         grad_u, grad_a = backward_chunk(u, a, couplings[:, rows], sums[:, rows], gv[rows],

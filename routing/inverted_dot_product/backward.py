@@ -20,8 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from routing.batched import agreement, parent_major, weighted_sum
-from routing.cpu.chunking import row_chunks, votes_row_bytes
+from routing.batched import agreement, parent_major_chunks, weighted_sum
 from routing.inverted_dot_product.layer_norm import layer_norm, layer_norm_backward
 
 
@@ -102,9 +101,7 @@ def backward_chunks(
     coefficients."""
     dtype = sums.dtype
     grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
-    for rows in row_chunks(votes.shape[0], votes_row_bytes(votes, dtype), device=votes.device):
-        u = parent_major(votes[rows], dtype)
-        a = None if activations is None else activations[rows].to(dtype).unsqueeze(1)
+    for rows, u, a in parent_major_chunks(votes, activations, dtype):
         target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [b, J, I, D]
         direct = target is not None and target.is_contiguous() and target.dtype == dtype
         grad_u, grad_a, gw, gb = backward_chunk(u, a, couplings[:, rows], sums[:, rows], gv[rows],

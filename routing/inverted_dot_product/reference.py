@@ -23,8 +23,7 @@ import torch
 from torch import Tensor
 
 from kernels.utils import accumulation_dtype
-from routing.batched import agreement, parent_major, weighted_sum
-from routing.cpu.chunking import row_chunks, votes_row_bytes
+from routing.batched import agreement, parent_major_chunks, weighted_sum
 from routing.cpu.memory import empty_like_on_huge_pages, new_empty_on_huge_pages
 from routing.inverted_dot_product.backward import backward_chunks
 from routing.inverted_dot_product.layer_norm import layer_norm
@@ -58,9 +57,7 @@ def route_chunks(
     B, I, J, D = votes.shape
     couplings = new_empty_on_huge_pages(votes, (iterations, B, J, I), dtype)
     sums = votes.new_empty((iterations, B, J, D), dtype=dtype)
-    for rows in row_chunks(B, votes_row_bytes(votes, dtype), device=votes.device):
-        u = parent_major(votes[rows], dtype) if keep is None else keep[rows].copy_(votes[rows].transpose(1, 2))
-        a = None if activations is None else activations[rows].to(dtype).unsqueeze(1)
+    for rows, u, a in parent_major_chunks(votes, activations, dtype, keep):
         route_chunk(u, a, weight, bias, eps, couplings[:, rows], sums[:, rows])
     return couplings, sums
 

@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.batched import agreement, parent_major, weighted_sum
-from routing.cpu.chunking import row_chunks, votes_row_bytes
+from routing.batched import agreement, parent_major_chunks, weighted_sum
 
 
 def backward_chunk(
@@ -83,9 +82,7 @@ def backward_chunks(
     prior [J, I]. couplings [B, J, I], totals t and gs [B, J, D] in the accumulation dtype; gc [B, J, I] or None."""
     dtype = couplings.dtype
     grad_prior = torch.zeros_like(prior_t)
-    for rows in row_chunks(votes.shape[0], votes_row_bytes(votes, dtype), device=votes.device):
-        u = parent_major(votes[rows], dtype)
-        a = None if activations is None else activations[rows].to(dtype).unsqueeze(1)
+    for rows, u, a in parent_major_chunks(votes, activations, dtype):
         target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [b, J, I, D]
         direct = target is not None and target.is_contiguous() and target.dtype == dtype
         grad_u, grad_a, chunk_prior = backward_chunk(
