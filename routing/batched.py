@@ -27,6 +27,21 @@ def parent_major_chunks(votes: Tensor, activations: Tensor | None, dtype: torch.
         yield rows, u, None if activations is None else activations[rows].to(dtype).unsqueeze(1)
 
 
+def votes_gradient_chunk(grad_votes: Tensor | None, rows: slice, dtype: torch.dtype, scratch: Tensor | None = None
+                         ) -> tuple[Tensor | None, Tensor | None]:
+    """Where a backward writes one chunk's votes' gradient, parent-major [n, J, I, D]: (out, copy_to).
+
+    out is grad_votes[rows] itself, viewed parent-major, when that view is contiguous in `dtype` (copy_to None:
+    nothing to copy); else `scratch` (None: the backward allocates), and copy_to is the view to copy the chunk's
+    gradient into afterwards. (None, None) when no votes' gradient is wanted (grad_votes None)."""
+    if grad_votes is None:
+        return None, None
+    target = grad_votes[rows].transpose(1, 2)
+    if target.is_contiguous() and target.dtype == dtype:
+        return target, None
+    return scratch, target
+
+
 def agreement(u: Tensor, v: Tensor) -> Tensor:
     """<u_ij, v_j> for u [B, J, I, D], v [B, J, D] -> [B, J, I], computed as v @ u^T (several times faster than
     u @ v at the dense layer's size on the project's CPU)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.batched import agreement, parent_major_chunks, weighted_sum
+from routing.batched import agreement, parent_major_chunks, votes_gradient_chunk, weighted_sum
 from routing.squash import squash, squash_backward
 
 
@@ -101,12 +101,11 @@ def backward_chunks(
     None) are the gradients of the last iteration's squashed poses and couplings."""
     dtype = sums.dtype
     for rows, u, a in parent_major_chunks(votes, activations, dtype):
-        target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [b, J, I, D]
-        direct = target is not None and target.is_contiguous() and target.dtype == dtype
+        out, copy_to = votes_gradient_chunk(grad_votes, rows, dtype)
         grad_u, grad_a = backward_chunk(u, a, couplings[:, rows], sums[:, rows], gv[rows],
                                         None if gc is None else gc[rows], detach_inner, eps,
-                                        out=target if direct else None)
-        if target is not None and not direct:
-            target.copy_(grad_u)
+                                        out=out)
+        if copy_to is not None:
+            copy_to.copy_(grad_u)
         if grad_act is not None:
             grad_act[rows] = grad_a.squeeze(1)

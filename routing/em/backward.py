@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.batched import agreement, low_rank_times_centred, parent_major
+from routing.batched import agreement, low_rank_times_centred, parent_major, votes_gradient_chunk
 from routing.cpu import chunking
 
 
@@ -176,14 +176,12 @@ def backward_chunks(votes, activations, beta_u, child_index, R, mu, var, logit, 
         V = parent_major(votes[rows], dtype)
         n = V.shape[0]
         a = child_activations(activations, rows, V)
-        target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [n, J, I, D]
-        direct = target is not None and target.is_contiguous() and target.dtype == dtype
-        gV = target if direct else (None if target is None else work[2, :n])
+        gV, copy_to = votes_gradient_chunk(grad_votes, rows, dtype, work[2, :n])
         g_a, grad_bu[rows], grad_ba[rows] = backward_chunk(
             V, a, R[:, rows], mu[:, rows], var[:, rows], logit[:, rows], bu, lambdas, g_mu[rows], g_logit[rows],
             None if g_R is None else g_R[rows], child_index, groups, eps, gV, work[:2, :n])
-        if target is not None and not direct:
-            target.copy_(gV)
+        if copy_to is not None:
+            copy_to.copy_(gV)
         if grad_activations is not None:
             grad_activations[rows] = g_a.squeeze(1)
     return grad_bu, grad_ba

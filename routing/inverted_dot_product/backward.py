@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from routing.batched import agreement, parent_major_chunks, weighted_sum
+from routing.batched import agreement, parent_major_chunks, votes_gradient_chunk, weighted_sum
 from routing.inverted_dot_product.layer_norm import layer_norm, layer_norm_backward
 
 
@@ -102,15 +102,14 @@ def backward_chunks(
     dtype = sums.dtype
     grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
     for rows, u, a in parent_major_chunks(votes, activations, dtype):
-        target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [b, J, I, D]
-        direct = target is not None and target.is_contiguous() and target.dtype == dtype
+        out, copy_to = votes_gradient_chunk(grad_votes, rows, dtype)
         grad_u, grad_a, gw, gb = backward_chunk(u, a, couplings[:, rows], sums[:, rows], gv[rows],
                                                 None if gr is None else gr[rows], weight, bias, eps,
-                                                out=target if direct else None)
+                                                out=out)
         grad_weight += gw
         grad_bias += gb
-        if target is not None and not direct:
-            target.copy_(grad_u)
+        if copy_to is not None:
+            copy_to.copy_(grad_u)
         if grad_act is not None:
             grad_act[rows] = grad_a.squeeze(1)
     return grad_weight, grad_bias

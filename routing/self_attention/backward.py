@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from routing.batched import agreement, parent_major_chunks, weighted_sum
+from routing.batched import agreement, parent_major_chunks, votes_gradient_chunk, weighted_sum
 
 
 def backward_chunk(
@@ -83,13 +83,12 @@ def backward_chunks(
     dtype = couplings.dtype
     grad_prior = torch.zeros_like(prior_t)
     for rows, u, a in parent_major_chunks(votes, activations, dtype):
-        target = None if grad_votes is None else grad_votes[rows].transpose(1, 2)  # [b, J, I, D]
-        direct = target is not None and target.is_contiguous() and target.dtype == dtype
+        out, copy_to = votes_gradient_chunk(grad_votes, rows, dtype)
         grad_u, grad_a, chunk_prior = backward_chunk(
             u, a, prior_t, couplings[rows], totals[rows], gs[rows], None if gc is None else gc[rows],
-            need_votes=target is not None, need_activations=grad_act is not None, out=target if direct else None)
-        if target is not None and not direct:
-            target.copy_(grad_u)
+            need_votes=grad_votes is not None, need_activations=grad_act is not None, out=out)
+        if copy_to is not None:
+            copy_to.copy_(grad_u)
         if grad_act is not None:
             grad_act[rows] = grad_a
         grad_prior += chunk_prior
