@@ -23,6 +23,7 @@ DATASETS = ("mnist", "smallnorb", "smallnorb-azimuth", "smallnorb-elevation")
 SCHEDULES = ("exponential", "onecycle", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw")
 LOSSES = ("margin", "spread", "nll", "cross-entropy")
+NO_ROUTING = "none"  # the routing of models that do not route (cnn-baseline)
 
 
 @dataclass
@@ -30,7 +31,7 @@ class TrainConfig:
     """One training run. Field comments say what each option does; `PRESETS` overrides some per model."""
 
     model: str = "capsnet"  # a name from capsules.models()
-    routing: str = "dynamic"  # a name from routing.available()
+    routing: str = "dynamic"  # a name from routing.available() ("none" for models that do not route)
     dataset: str = "mnist"  # mnist, smallnorb, smallnorb-azimuth or -elevation (train familiar, test novel views)
     data_root: str | None = None  # folder with the dataset's files (default $CAPSULES_DATA/<dataset>)
     train_subset: int | None = None  # use the first N training images (None: all)
@@ -60,6 +61,7 @@ class TrainConfig:
     reconstruction_weight: float = 0.0005  # 0 turns the decoder's loss off
     # data
     max_shift: int = 2  # MNIST training shift in pixels
+    canvas: int | None = None  # place images at random on a black canvas this wide (affNIST protocol: 40; no shift)
     smallnorb_view: str | None = None  # None (stereo pair, 2 channels), "left" or "right"
     # run
     seed: int = 0  # seeds the model, the data order and the augmentation
@@ -98,6 +100,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "compact": dict(dataset="mnist", optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="onecycle",
                     warmup_fraction=0.15, batch_size=128, reconstruction_weight=0.0, max_shift=2, epochs=15),
 }
+# The plain CNN baseline trains as the compact model does, with cross-entropy (nll on its softmax) and no routing.
+PRESETS["cnn-baseline"] = {**PRESETS["compact"], "routing": NO_ROUTING, "loss": "nll"}
 # The loss of each routing's paper, for presets that leave the loss open (EM routing's activations start near 0.5,
 # where the spread loss, which scores differences between activations, learns much faster than the margin loss):
 # SR-CapsNet's trainer uses NLLLoss for self-routing; inverted dot-product routing trains cross-entropy on its
@@ -170,6 +174,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"--spread-margin-fraction must be in (0, 1], got {config.spread_margin_fraction}")
     if config.max_shift < 0:
         raise ValueError(f"--max-shift must be >= 0, got {config.max_shift}")
+    if config.canvas is not None and config.canvas < 1:
+        raise ValueError(f"--canvas must be >= 1 (a width in pixels), got {config.canvas}")
     if config.smallnorb_view not in (None, "left", "right"):
         raise ValueError(f"--smallnorb-view must be left or right, got {config.smallnorb_view!r}")
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from capsules.datasets import MNIST, SmallNORB
+from capsules.datasets.affine import place_on_canvas
 
 # --dataset -> (training viewpoints, test viewpoints) of SmallNORB; Hinton et al. 2018's novel-viewpoint protocol.
 SMALLNORB_SPLITS = {
@@ -28,11 +29,14 @@ SMALLNORB_SPLITS = {
 }
 
 
+CANVAS_TEST_SEED = 0  # the fixed positions of the translated test set
+
 @dataclass
 class TrainingData:
     """train_images uint8 [N, C, H, W], train_labels int64 [N]; test_images float32 [M, C, h, w] (already
-    preprocessed: tests have no augmentation), test_labels int64 [M]; `augment(uint8 batch, generator)` -> float32
-    batch as the model sees it; `classes` and `channels` size the model; `image_size` is h (= w)."""
+    preprocessed and placed: tests have no random augmentation), test_labels int64 [M]; `augment(uint8 batch,
+    generator)` -> float32 batch as the model sees it; `classes` and `channels` size the model; `image_size` is h
+    (= w)."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -45,12 +49,19 @@ class TrainingData:
 
 
 def load_data(dataset: str, root: str | os.PathLike[str] | None = None, *, train_subset: int | None = None,
-              test_subset: int | None = None, max_shift: int = 2, smallnorb_view: str | None = None) -> TrainingData:
+              test_subset: int | None = None, max_shift: int = 2, smallnorb_view: str | None = None,
+              canvas: int | None = None) -> TrainingData:
     """Load `dataset` ("mnist", "smallnorb", "smallnorb-azimuth", "smallnorb-elevation") without downloading.
+
+    With `canvas`, every training image is placed at a random position on a black canvas x canvas square (no
+    other shift) and every test image at a fixed random position (generator seeded with CANVAS_TEST_SEED): the
+    translated training and test sets of Sabour et al.'s affNIST protocol.
 
     Raises FileNotFoundError naming the folder and the files expected when the data is missing (download it with
     the dataset classes in capsules.datasets, or point `root`/$CAPSULES_DATA at a copy).
     """
+    if canvas is not None:
+        max_shift = 0
     try:
         if dataset == "mnist":
             train = MNIST(root, train=True, download=False, max_shift=max_shift)
@@ -70,9 +81,23 @@ def load_data(dataset: str, root: str | os.PathLike[str] | None = None, *, train
                                 f"capsules.datasets") from error
     train_images, train_labels = _first(train.tensors(), train_subset)
     test_images, test_labels = _first(test.tensors(), test_subset)
+    augment = train.preprocess
+    if canvas is not None:
+        test_images = place_on_canvas(test_images, canvas, torch.Generator().manual_seed(CANVAS_TEST_SEED))
+        augment = on_canvas(train.preprocess, canvas)
     test_float = torch.cat([test.preprocess(chunk) for chunk in test_images.split(2000)])
-    return TrainingData(train_images, train_labels, test_float, test_labels, train.preprocess, classes,
+    return TrainingData(train_images, train_labels, test_float, test_labels, augment, classes,
                         train_images.shape[1], test_float.shape[-1])
+
+
+def on_canvas(preprocess: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+              canvas: int) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """The augmentation that places each uint8 image at random on the canvas, then applies `preprocess`."""
+
+    def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return preprocess(place_on_canvas(images, canvas, generator), generator)
+
+    return augment
 
 
 def _first(tensors: tuple[torch.Tensor, torch.Tensor], count: int | None) -> tuple[torch.Tensor, torch.Tensor]:

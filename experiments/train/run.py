@@ -38,7 +38,7 @@ from experiments.common import provenance
 from experiments.common.atomic import write_text_atomic
 from experiments.common.tables import to_markdown, write_csv_atomic
 from experiments.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from experiments.train.config import TrainConfig, add_arguments, build_config, overrides_from_args
+from experiments.train.config import NO_ROUTING, TrainConfig, add_arguments, build_config, overrides_from_args
 from experiments.train.data import TrainingData, eval_shard, load_data, steps_per_epoch, train_batches
 from experiments.train.distributed import DistributedContext, main_rank_value, setup, sum_across_ranks, teardown
 from experiments.train.schedule import lr_at, progress, spread_margin_at
@@ -64,6 +64,11 @@ def check_names(config: TrainConfig) -> None:
     """KeyError listing what exists when the model or the routing is not registered (before any data is read)."""
     if config.model not in capsules.models():
         raise KeyError(f"unknown model {config.model!r}; available: {', '.join(capsules.models())}")
+    if "routing" not in capsules.model_options(config.model):
+        if config.routing != NO_ROUTING:
+            raise ValueError(f"model {config.model!r} does not route: pass --routing {NO_ROUTING}, "
+                             f"got {config.routing!r}")
+        return
     if config.routing not in routing.available():
         raise KeyError(f"unknown routing {config.routing!r}; available: {', '.join(routing.available())}")
 
@@ -81,13 +86,14 @@ def build_model(config: TrainConfig, data: TrainingData) -> nn.Module:
     """capsules.create_model sized for the dataset (channels, classes, and image size where the model takes one),
     with the routing, its iterations and backend, and a decoder only when the reconstruction loss is on."""
     accepted = capsules.model_options(config.model)
-    options = dict(in_channels=data.channels, classes=data.classes,
-                   routing_options=routing_options(config))
+    options: dict[str, Any] = dict(in_channels=data.channels, classes=data.classes)
+    if "routing" in accepted:
+        options.update(routing=config.routing, routing_options=routing_options(config))
     if "image_size" in accepted:
         options["image_size"] = data.image_size
     if "decoder" in accepted:
         options["decoder"] = config.reconstruction_weight > 0
-    return capsules.create_model(config.model, routing=config.routing, **{**options, **config.model_options})
+    return capsules.create_model(config.model, **{**options, **config.model_options})
 
 
 def distribute(model: nn.Module, ctx: DistributedContext) -> nn.Module:
@@ -187,7 +193,8 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
     out = output_dir(config)
     seed_everything(config.seed)
     data = load_data(config.dataset, config.data_root, train_subset=config.train_subset,
-                     test_subset=config.test_subset, max_shift=config.max_shift, smallnorb_view=config.smallnorb_view)
+                     test_subset=config.test_subset, max_shift=config.max_shift, smallnorb_view=config.smallnorb_view,
+                     canvas=config.canvas)
     model = build_model(config, data).to(ctx.device)
     params = count_parameters(model)
     optimizer = build_optimizer(config, model)
