@@ -150,6 +150,8 @@ def size_options(name: str) -> set[str]:
 def sized_options(name: str, votes_shape: tuple[int, ...], **options: Any) -> dict[str, Any]:
     """`options` plus the size options algorithm `name` takes (in_caps, out_caps, pose_dim: routing.SIZE_OPTIONS)
     read from votes_shape (B, I, J, D) unless `options` sets them, as a capsule layer passes them."""
+    if len(tuple(votes_shape)) != 4:
+        raise ValueError(f"sized_options: votes_shape must be (B, I, J, D), got {tuple(votes_shape)}")
     given = dict(zip(("in_caps", "out_caps", "pose_dim"), tuple(votes_shape)[1:], strict=True))
     return {**{k: v for k, v in given.items() if k in size_options(name)}, **options}
 
@@ -170,7 +172,8 @@ def create(name: str, *, backend: str = "auto", **options: Any) -> Router:
     backend: "auto" (the fastest registered backend, falling back to the reference one where it cannot run),
     "torch" (pure PyTorch, runs anywhere), or another registered backend such as "triton" (which then refuses
     inputs it cannot handle with a ValueError instead of falling back).
-    options: the algorithm's keyword options (for example iterations=3); unknown options are a ValueError.
+    options: the algorithm's keyword options (for example iterations=3); unknown options are a ValueError, and each
+    router checks its options' types (TypeError) and ranges (ValueError), naming the option (routing.option_checks).
     """
     table = _lookup(name)
     if backend == "auto":

@@ -17,9 +17,14 @@ algorithm, the backend and the check on the first violation:
   unless the router's ``exact_gradients`` is False (a documented surrogate gradient);
 - ``router(poses, activations, transforms=W)`` equal to routing ``vector_votes(poses, W)``, values and
   gradients, with the CPU machinery (routing.cpu) on and off;
-- a ValueError for wrong ndim, mismatched shapes, integer dtypes, NaN/Inf and an empty child axis;
+- a ValueError for wrong ndim, mismatched shapes, integer dtypes, NaN/Inf, an empty child axis, tensors on the
+  meta device and activations outside the router's ``activation_range``; a TypeError for a numpy array;
 - bit-identical results from repeated calls, and a different result for 1 iteration than for 3 where the
-  router takes ``iterations``.
+  router takes ``iterations``;
+- finite outputs and gradients for float32 votes of magnitude 1e-30 and 1e30 (the ends of the float32 range where
+  float64 routing of the same votes is finite);
+- second-order gradients (create_graph=True) that pass ``torch.autograd.gradgradcheck``, or a RuntimeError
+  refusing them (a hand-written backward whose result carries no graph would otherwise be silently wrong).
 
 A plugin author calls it on their own algorithm (after registering it) from their tests.
 """
@@ -43,6 +48,8 @@ from routing.validation import finite_checks
 NORMALISATIONS = ("parents", "children", "none")
 DEFAULT_SHAPE = (3, 6, 4, 5)  # B, I, J, D
 GRADCHECK_SHAPE = (2, 3, 3, 3)
+SECOND_ORDER_SHAPE = (1, 2, 2, 2)
+FLOAT32_ENDS = (1e-30, 1e30)  # magnitudes of float32 votes every router must route to finite results
 POSE_SIZE = 3  # K of the transforms path
 F64 = dict(rtol=1e-9, atol=1e-12)  # float64 results that differ only in the order of a sum
 
@@ -120,6 +127,10 @@ def check_router(
         _check_determinism(ctx, build(), (B, I, J, D), device)
         if "iterations" in inspect.signature(type(probe).__init__).parameters:
             _check_iterations_take_effect(ctx, build, (B, I, J, D), device)
+        small = _gradcheck_shape(options)
+        _check_float32_range(ctx, build(torch.float32, shape=small), small, device)
+        small = _default_shape(options, SECOND_ORDER_SHAPE)
+        _check_second_order(ctx, build(shape=small), small, device)
 
 
 def _default_shape(options: dict[str, Any], default: tuple[int, int, int, int] = DEFAULT_SHAPE
@@ -277,27 +288,34 @@ def _check_bad_inputs(ctx: _Context, router: Router, shape, device) -> None:
     inf_acts = activations.clone()
     inf_acts[-1, -1] = float("inf")
     cases = {
-        "votes with 3 dims": (votes[0], activations[0]),
-        "votes with 5 dims": (votes.unsqueeze(0), activations),
-        "activations of the wrong shape": (votes, activations[:, :-1]),
-        "integer votes": (votes.to(torch.int64), activations),
-        "integer activations": (votes, activations.to(torch.int32)),
-        "NaN in the votes": (nan_votes, activations),
-        "Inf in the activations": (votes, inf_acts),
-        "an empty child axis": (votes[:, :0], activations[:, :0]),
+        "votes with 3 dims": (votes[0], activations[0], ValueError),
+        "votes with 5 dims": (votes.unsqueeze(0), activations, ValueError),
+        "activations of the wrong shape": (votes, activations[:, :-1], ValueError),
+        "integer votes": (votes.to(torch.int64), activations, ValueError),
+        "integer activations": (votes, activations.to(torch.int32), ValueError),
+        "NaN in the votes": (nan_votes, activations, ValueError),
+        "Inf in the activations": (votes, inf_acts, ValueError),
+        "an empty child axis": (votes[:, :0], activations[:, :0], ValueError),
+        "votes on the meta device": (votes.to("meta"), activations.to("meta"), ValueError),
+        "votes as a numpy array": (votes.cpu().numpy(), activations, TypeError),
     }
-    for what, (v, a) in cases.items():
+    if router.activation_range is not None:
+        low, high = router.activation_range
+        outside = activations.clone()
+        outside[0, 0] = low - 0.5 if high is None else high + 0.5
+        cases[f"activations outside the activation_range {router.activation_range}"] = (votes, outside, ValueError)
+    for what, (v, a, expected) in cases.items():
         try:
             router(v, a)
-        except ValueError as exc:
+        except expected as exc:
             if not str(exc):
-                raise ctx.fail("clear errors for bad input", f"{what}: ValueError without a message") from exc
+                raise ctx.fail("clear errors for bad input", f"{what}: {expected.__name__} without a message") from exc
             continue
-        except Exception as exc:  # anything but a ValueError is a deep traceback for the user
+        except Exception as exc:  # anything else is a deep traceback for the user
             raise ctx.fail("clear errors for bad input",
-                           f"{what}: expected a ValueError saying what was expected, got "
+                           f"{what}: expected a {expected.__name__} saying what was expected, got "
                            f"{type(exc).__name__}: {exc}") from exc
-        raise ctx.fail("clear errors for bad input", f"{what}: expected a ValueError, the call succeeded")
+        raise ctx.fail("clear errors for bad input", f"{what}: expected a {expected.__name__}, the call succeeded")
 
 
 def _check_determinism(ctx: _Context, router: Router, shape, device) -> None:
@@ -318,3 +336,41 @@ def _check_iterations_take_effect(ctx: _Context, build: Callable[..., Router], s
     three = _route(ctx, build(iterations=3), check, votes, activations)
     if all(torch.allclose(a, b, rtol=1e-6, atol=1e-9) for a, b in zip(one, three, strict=True)):
         raise ctx.fail(check, "iterations=1 and iterations=3 gave the same poses, activations and assignments")
+
+
+def _check_float32_range(ctx: _Context, router: Router, shape, device) -> None:
+    for magnitude in FLOAT32_ENDS:
+        check = f"finite results for float32 votes of magnitude {magnitude:g}"
+        votes, activations = _inputs(shape, device, torch.float32)
+        votes = (2 * magnitude * votes).detach().requires_grad_(True)  # _inputs' votes have std 0.5
+        result = _route(ctx, router, check, votes, activations)
+        for field, t in zip(RoutingResult._fields, result, strict=True):
+            if not torch.isfinite(t).all():
+                raise ctx.fail(check, f"{field} contain NaN or Inf")
+        (grad,) = torch.autograd.grad(sum(t.sum() for t in result), votes)
+        if not torch.isfinite(grad).all():
+            raise ctx.fail(check, "the votes' gradient contains NaN or Inf")
+
+
+def _check_second_order(ctx: _Context, router: Router, shape, device) -> None:
+    check = "second-order gradients (create_graph=True) correct or refused"
+    votes, activations = _inputs(shape, device)
+    votes.requires_grad_(True)
+    activations.requires_grad_(True)
+    try:
+        poses = router(votes, activations).poses
+        torch.autograd.grad(poses.square().sum(), votes, create_graph=True)
+    except RuntimeError as exc:
+        if not str(exc):
+            raise ctx.fail(check, "a RuntimeError without a message") from exc
+        return  # refused: fine, the user is told
+
+    def outputs(v: Tensor, a: Tensor) -> tuple[Tensor, ...]:
+        return tuple(router(v, a))
+
+    try:  # along random directions (fast_mode): a graph-less backward fails it as surely as the full Jacobian
+        torch.autograd.gradgradcheck(outputs, (votes, activations), eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True)
+    except Exception as exc:  # gradgradcheck's GradcheckError, or a crash of the double backward
+        raise ctx.fail(check, f"second-order gradients are taken but wrong ({type(exc).__name__}: "
+                              f"{str(exc)[:400]}); refuse create_graph=True in the backward with a RuntimeError "
+                              f"if it is not twice differentiable") from None

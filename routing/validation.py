@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-
-from kernels.utils import accumulation_dtype
 
 _finite_checks = True
 
@@ -20,7 +19,10 @@ def finite_checks_enabled() -> bool:
 
 @contextlib.contextmanager
 def finite_checks(enabled: bool) -> Iterator[None]:
-    """Turn the NaN/Inf scan of routing inputs on or off inside a `with` block (benchmarks turn it off)."""
+    """Turn the NaN/Inf scan of routing inputs on or off inside a `with` block (benchmarks turn it off). The scan
+    also checks the activations' range and finds the votes that need float64 (Router.float32_range)."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"routing.finite_checks expects True or False, got {type(enabled).__name__} {enabled!r}")
     global _finite_checks
     previous, _finite_checks = _finite_checks, enabled
     try:
@@ -29,12 +31,38 @@ def finite_checks(enabled: bool) -> Iterator[None]:
         _finite_checks = previous
 
 
-def check_votes(votes: Tensor, activations: Tensor | None, name: str, scan_votes: bool = True) -> None:
-    """Check votes [B, I, J, D] and optional activations [B, I]; raise ValueError saying what was expected.
-    The NaN/Inf scan (while enabled) covers the votes too unless scan_votes is False."""
-    if not isinstance(votes, Tensor):
-        raise ValueError(
-            f"{name} routing: votes must be a torch.Tensor of shape [B, I, J, D], got {type(votes).__name__}")
+def type_name(value: object) -> str:
+    """The qualified name of value's type ('numpy.ndarray', 'list'), for error messages."""
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__.split('.')[0]}.{kind.__qualname__}"
+
+
+def check_tensor(value: object, what: str, name: str, shape: str) -> None:
+    """A torch.Tensor with data: TypeError for anything else (a numpy array, a list), ValueError for a tensor on
+    the meta device (it has a shape but no values to route)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} routing: {what} must be a torch.Tensor of shape {shape}, got {type_name(value)}")
+    if value.device.type == "meta":
+        raise ValueError(f"{name} routing: {what} are on the meta device (shape only, no data); move the router "
+                         f"and its inputs to a real device (for example with .to_empty(device='cpu')) before routing")
+
+
+def check_votes(
+    votes: Tensor,
+    activations: Tensor | None,
+    name: str,
+    scan_votes: bool = True,
+    activation_range: tuple[float, float | None] | None = None,
+) -> float | None:
+    """Check votes [B, I, J, D] and optional activations [B, I]; raise TypeError (not a tensor) or ValueError
+    (shape, dtype, device, values) saying what was expected.
+
+    While the NaN/Inf scan is enabled it covers the votes too unless scan_votes is False, and the activations are
+    checked to lie in activation_range (low, high or None for no upper bound; None: anything finite). Returns
+    the largest |vote| found by the scan (None when the votes were not scanned)."""
+    check_tensor(votes, "votes", name, "[B, I, J, D]")
     if votes.ndim != 4:
         raise ValueError(
             f"{name} routing: votes must have 4 dims [B, I, J, D] (batch, children, parents, pose size), "
@@ -45,8 +73,7 @@ def check_votes(votes: Tensor, activations: Tensor | None, name: str, scan_votes
     if min(votes.shape) == 0:
         raise ValueError(f"{name} routing: votes must have no empty dimension, got shape {tuple(votes.shape)}")
     if activations is not None:
-        if not isinstance(activations, Tensor):
-            raise ValueError(f"{name} routing: activations must be a torch.Tensor [B, I] or None")
+        check_tensor(activations, "activations", name, "[B, I] (or None)")
         expected = tuple(votes.shape[:2])
         if tuple(activations.shape) != expected:
             raise ValueError(
@@ -59,20 +86,49 @@ def check_votes(votes: Tensor, activations: Tensor | None, name: str, scan_votes
             raise ValueError(
                 f"{name} routing: activations are on {activations.device} but votes on {votes.device}"
             )
-    if finite_checks_enabled():
-        if scan_votes and not all_finite(votes):
+    if not finite_checks_enabled():
+        return None
+    peak = None
+    if scan_votes:
+        peak = peak_magnitude(votes)
+        if not math.isfinite(peak):
             raise ValueError(f"{name} routing: votes contain NaN or Inf")
-        if activations is not None and not all_finite(activations):
-            raise ValueError(f"{name} routing: activations contain NaN or Inf")
+    if activations is not None:
+        check_activation_values(activations, activation_range, name)
+    return peak
 
 
-def check_linear_inputs(poses: Tensor, transforms: Tensor, activations: Tensor | None, name: str) -> None:
+def check_activation_values(activations: Tensor, activation_range: tuple[float, float | None] | None,
+                            name: str) -> None:
+    """Activations must be finite and lie in activation_range, [low, high] (high None: no upper bound; the range
+    None: anything finite). One read of the activations (their min and max, which NaN and Inf reach)."""
+    with torch.no_grad():
+        smallest, largest = torch.stack((activations.min(), activations.max())).tolist()
+    if not (math.isfinite(smallest) and math.isfinite(largest)):
+        raise ValueError(f"{name} routing: activations contain NaN or Inf")
+    if activation_range is None:
+        return
+    low, high = activation_range
+    if smallest < low or (high is not None and largest > high):
+        wanted = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise ValueError(f"{name} routing: activations must be {wanted}, got values from {smallest:.6g} to "
+                         f"{largest:.6g}")
+
+
+def check_linear_inputs(
+    poses: Tensor,
+    transforms: Tensor,
+    activations: Tensor | None,
+    name: str,
+    activation_range: tuple[float, float | None] | None = None,
+) -> float | None:
     """Check poses [B, I, K], transforms [I, J, D, K] and optional activations [B, I] of a dense layer's routing
-    (``router(poses, activations, transforms=W)``); raise ValueError saying what was expected."""
+    (``router(poses, activations, transforms=W)``); raise TypeError or ValueError saying what was expected.
+    Returns a bound on the largest |vote| (K max|poses| max|W|) while the finite scan is enabled, else None."""
     for what, t, dims in (("poses", poses, "[B, I, K]"), ("transforms", transforms, "[I, J, D, K]")):
-        if not isinstance(t, Tensor) or not t.is_floating_point():
-            raise ValueError(f"{name} routing: {what} must be a floating-point torch.Tensor {dims}, got "
-                             f"{getattr(t, 'dtype', type(t).__name__)}")
+        check_tensor(t, what, name, dims)
+        if not t.is_floating_point():
+            raise ValueError(f"{name} routing: {what} must be a floating-point torch.Tensor {dims}, got {t.dtype}")
         if t.ndim != len(dims.split(",")) or min(t.shape) == 0:
             raise ValueError(f"{name} routing: {what} must have shape {dims} with no empty dimension, "
                              f"got {tuple(t.shape)}")
@@ -85,14 +141,17 @@ def check_linear_inputs(poses: Tensor, transforms: Tensor, activations: Tensor |
         raise ValueError(f"{name} routing: transforms ({transforms.dtype} on {transforms.device}) must have the "
                          f"poses' dtype and device ({poses.dtype} on {poses.device})")
     # the activations have the votes' checks; the votes' finite scan is done on the poses and transforms
-    check_votes(poses.new_empty(()).expand(poses.shape[0], I, J, D), activations, name, scan_votes=False)
-    if finite_checks_enabled() and not (all_finite(poses) and all_finite(transforms)):
+    check_votes(poses.new_empty(()).expand(poses.shape[0], I, J, D), activations, name, scan_votes=False,
+                activation_range=activation_range)
+    if not finite_checks_enabled():
+        return None
+    peaks = peak_magnitude(poses), peak_magnitude(transforms)
+    if not all(map(math.isfinite, peaks)):
         raise ValueError(f"{name} routing: poses or transforms contain NaN or Inf")
+    return K * peaks[0] * peaks[1]
 
 
-def all_finite(x: Tensor) -> bool:
-    """No NaN or Inf in x. A sum (one read, no bool tensor of x's size) settles the common case; only a
-    non-finite sum, which may also come from overflow of large finite values, is confirmed element-wise."""
+def peak_magnitude(x: Tensor) -> float:
+    """max |x| in one read (NaN when x holds a NaN, Inf when it holds an Inf)."""
     with torch.no_grad():
-        total = x.sum(dtype=accumulation_dtype(x.dtype))
-        return bool(torch.isfinite(total)) or bool(torch.isfinite(x).all())
+        return float(torch.linalg.vector_norm(x, ord=math.inf))

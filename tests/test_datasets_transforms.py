@@ -1,5 +1,6 @@
 """Batched transforms against naive per-image references."""
 
+import pytest
 import torch
 
 from capsules.datasets import random_shift
@@ -8,6 +9,7 @@ from capsules.datasets.transforms import (
     random_brightness,
     random_contrast,
     random_crop,
+    random_horizontal_flip,
     resize_area,
     scale_pixels,
     standardize,
@@ -89,3 +91,25 @@ def test_resize_area_averages_blocks_and_scale_pixels():
     pixels = torch.tensor([[[[0, 255]]]], dtype=torch.uint8)
     assert torch.equal(scale_pixels(pixels), torch.tensor([[[[0.0, 1.0]]]]))
     torch.testing.assert_close(scale_pixels(pixels, 0.5, 0.25), torch.tensor([[[[-2.0, 2.0]]]]))
+
+
+def test_scale_pixels_per_channel():
+    pixels = torch.tensor([[[[0, 255]], [[255, 0]]]], dtype=torch.uint8)  # [1, 2, 1, 2]
+    expected = torch.tensor([[[[-1.0, 1.0]], [[3.0, -1.0]]]])
+    torch.testing.assert_close(scale_pixels(pixels, (0.5, 0.25), (0.5, 0.25)), expected)
+
+
+def test_random_horizontal_flip_mirrors_some_images_whole():
+    images = torch.arange(64 * 2 * 3 * 4, dtype=torch.float32).view(64, 2, 3, 4)
+    out = random_horizontal_flip(images, torch.Generator().manual_seed(0))
+    mirrored = [torch.equal(o, i.flip(-1)) for o, i in zip(out, images, strict=True)]
+    kept = [torch.equal(o, i) for o, i in zip(out, images, strict=True)]
+    assert all(m != k for m, k in zip(mirrored, kept, strict=True))  # each image mirrored or kept, all channels alike
+    assert 16 < sum(mirrored) < 48
+    assert torch.equal(out, random_horizontal_flip(images, torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("max_shift, error", [(2.5, TypeError), (True, TypeError), ("2", TypeError), (-1, ValueError)])
+def test_random_shift_checks_max_shift(max_shift, error):
+    with pytest.raises(error, match="max_shift must be"):
+        random_shift(torch.zeros(1, 1, 4, 4), max_shift)

@@ -109,3 +109,82 @@ def test_likelihood_losses_check_their_inputs(loss):
         loss(torch.rand(3), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError):
         loss(torch.rand(2, 3), torch.tensor([0, 3]))
+
+
+EMPTY_BATCH_LOSSES = {
+    "margin": lambda a, y: margin_loss(a, y),
+    "spread": lambda a, y: spread_loss(a, y, 0.2),
+    "nll": nll_loss,
+    "cross-entropy": logit_cross_entropy,
+}
+
+
+@pytest.mark.parametrize("name", EMPTY_BATCH_LOSSES)
+def test_an_empty_batch_has_loss_zero_not_nan(name):
+    # issue 16 cause 8: Tensor.mean of nothing is NaN, and NaN x 0 images poisons a sum over evaluation shards
+    activations = torch.rand(0, 10, requires_grad=True)
+    loss = EMPTY_BATCH_LOSSES[name](activations, torch.zeros(0, dtype=torch.long))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert activations.grad.shape == (0, 10)
+    reconstruction = torch.rand(0, 4, requires_grad=True)
+    assert reconstruction_loss(reconstruction, torch.rand(0, 1, 2, 2)).item() == 0.0
+
+
+def test_a_batch_mean_is_unchanged_by_the_empty_batch_rule():
+    lengths = torch.rand(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    one_by_one = sum(margin_loss(lengths[i:i + 1], labels[i:i + 1]) for i in range(5)) / 5
+    assert margin_loss(lengths, labels).item() == pytest.approx(one_by_one.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("margin, message", [
+    (-0.1, "spread_loss margin must be a finite number >= 0, got -0.1"),
+    (float("nan"), "spread_loss margin must be a finite number >= 0, got nan"),
+    ("0.2", "spread_loss margin must be a real number, got '0.2'"),
+    (torch.tensor([0.2, 0.3]), "spread_loss margin must be a real number"),
+])
+def test_spread_loss_refuses_a_margin_that_is_not_a_number_at_least_zero(margin, message):
+    with pytest.raises(ValueError, match=message):
+        spread_loss(torch.rand(2, 3), torch.tensor([0, 1]), margin)
+
+
+def test_spread_loss_takes_a_one_element_tensor_margin():
+    activations, labels = torch.rand(2, 3), torch.tensor([0, 1])
+    assert spread_loss(activations, labels, torch.tensor(0.4)).item() == pytest.approx(
+        spread_loss(activations, labels, 0.4).item())
+
+
+@pytest.mark.parametrize("start, stop, message", [
+    (0.9, 0.2, "expected 0 <= start <= stop"),
+    (-0.1, 0.2, "start must be a finite number >= 0"),
+    (0.2, float("nan"), "stop must be a finite number >= 0"),
+])
+def test_spread_margin_schedule_refuses_inverted_or_negative_margins(start, stop, message):
+    with pytest.raises(ValueError, match=message):
+        SpreadMarginSchedule(start, stop, steps=10)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(m_plus=0.1, m_minus=0.9), "expected m_minus <= m_plus"),
+    (dict(m_plus=1.5), r"m_plus must be a finite number in \[0, 1\]"),
+    (dict(m_minus=-0.1), r"m_minus must be a finite number in \[0, 1\]"),
+    (dict(lambda_=-1.0), "lambda_ must be a finite number >= 0, got -1.0"),
+    (dict(lambda_=float("inf")), "lambda_ must be a finite number >= 0, got inf"),
+])
+def test_margin_loss_refuses_bad_constants(options, message):
+    with pytest.raises(ValueError, match=message):
+        margin_loss(torch.rand(2, 3), torch.tensor([0, 1]), **options)
+
+
+def test_reconstruction_loss_refuses_images_that_are_not_pixels_in_0_1():
+    reconstruction = torch.rand(2, 4)
+    with pytest.raises(ValueError, match="must be floating-point pixels in \\[0, 1\\], got dtype torch.uint8"):
+        reconstruction_loss(reconstruction, torch.randint(0, 256, (2, 1, 2, 2), dtype=torch.uint8))
+    with pytest.raises(ValueError, match="got values from 0 to 255"):
+        reconstruction_loss(reconstruction, torch.tensor([0.0, 255.0, 3.0, 7.0]).repeat(2, 1).view(2, 1, 2, 2))
+    normalised = (torch.tensor([0.0, 0.5, 1.0, 0.25]).repeat(2, 1).view(2, 1, 2, 2) - 0.1307) / 0.3081
+    with pytest.raises(ValueError, match="got values from -0.424213 to 2.82149"):
+        reconstruction_loss(reconstruction, normalised)
+    with pytest.raises(ValueError, match="scale must be a finite number >= 0"):
+        reconstruction_loss(reconstruction, torch.rand(2, 1, 2, 2), scale=-1.0)

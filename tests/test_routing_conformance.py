@@ -26,6 +26,7 @@ def test_every_registered_router_conforms(name, backend):
 
 
 @pytest.mark.parametrize(("name", "options"), [("dynamic", {"detach_inner": True, "iterations": 2}),
+                                               ("dynamic", {"double_backward": True, "iterations": 2}),
                                                ("em", {"out_caps": 4, "final_lambda": 0.1})])
 def test_routers_conform_with_non_default_options(name, options):
     check_router(name, **options)
@@ -120,6 +121,31 @@ class NoNormalisationStated(TinyRouting):
     normalisation = "rows"
 
 
+class _SquareWithFirstOrderBackward(torch.autograd.Function):
+    """x^2 with a backward that is right but carries no graph: second-order gradients through it are 0."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x.detach() * grad
+
+
+class WrongSecondOrder(TinyRouting):
+    def sums(self, s: Tensor) -> Tensor:
+        return s + 0.1 * _SquareWithFirstOrderBackward.apply(torch.tanh(s))
+
+
+class OverflowsInFloat32(TinyRouting):
+    def sums(self, s: Tensor) -> Tensor:
+        norm2 = (s * s).sum(-1, keepdim=True)  # the old squash's |s|^2: inf from |s| ~ 2e19 in float32
+        return s * (1 + norm2) / (1 + norm2)
+
+
 @pytest.fixture
 def registered():
     names = []
@@ -149,6 +175,8 @@ def test_a_correct_router_passes(registered):
     (SkipsInputChecks, "clear errors for bad input"),
     (NotDeterministic, "batch independence"),
     (NoNormalisationStated, "the normalisation attribute"),
+    (WrongSecondOrder, "second-order gradients"),
+    (OverflowsInFloat32, r"finite results for float32 votes of magnitude 1e\+30"),
 ])
 def test_a_wrong_router_fails_the_check_it_breaks(registered, cls, check):
     name = registered(cls)

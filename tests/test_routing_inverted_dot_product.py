@@ -225,14 +225,15 @@ def test_conformance():
 def test_bad_options_and_sizes():
     with pytest.raises(ValueError, match="needs pose_dim"):
         routing.create(NAME)
-    for bad in (0, -3, 2.0, True):
-        with pytest.raises(ValueError, match="pose_dim must be a positive integer"):
+    for bad, error in ((0, ValueError), (-3, ValueError), (2.0, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="pose_dim must be a positive integer"):
             routing.create(NAME, pose_dim=bad)
-    for bad in (0, -1e-5, float("inf"), float("nan"), "1e-5"):
-        with pytest.raises(ValueError, match="eps .* finite number > 0"):
+    for bad, error in ((0, ValueError), (-1e-5, ValueError), (float("inf"), ValueError), (float("nan"), ValueError),
+                       ("1e-5", TypeError)):
+        with pytest.raises(error, match="eps .* finite number > 0"):
             routing.create(NAME, pose_dim=4, eps=bad)
-    for bad in (0, 1.5, False):
-        with pytest.raises(ValueError, match="iterations must be an integer >= 1"):
+    for bad, error in ((0, ValueError), (1.5, TypeError), (False, TypeError)):
+        with pytest.raises(error, match="iterations must be a positive integer"):
             routing.create(NAME, pose_dim=4, iterations=bad)
     with pytest.raises(ValueError, match="unknown option"):
         routing.create(NAME, pose_dim=4, out_caps=3)

@@ -309,11 +309,12 @@ def test_bad_inputs_give_clear_errors(name):
         (torch.zeros(2, 0, 3, 4), "empty"),
         (good.clone().index_fill_(1, torch.tensor([2]), float("nan")), "NaN or Inf"),
         (good.clone().index_fill_(1, torch.tensor([2]), float("inf")), "NaN or Inf"),
-        ([1.0, 2.0], "torch.Tensor"),
     ]
     for votes, message in cases:
         with pytest.raises(ValueError, match=message):
             router(votes)
+    with pytest.raises(TypeError, match=r"votes must be a torch.Tensor of shape \[B, I, J, D\], got list"):
+        router([1.0, 2.0])
     for acts, message in [
         (torch.rand(2, 4), r"shape \[B, I\]"),
         (torch.rand(2, 5, 1), r"shape \[B, I\]"),

@@ -6,10 +6,15 @@ import shutil
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers_datasets import write_small_cifar
+from helpers_smallnorb import write_split
 
+import capsules.datasets.cifar10 as cifar10_module
+from capsules.datasets.affnist import write_affnist_file
 from experiments.study.attacks import bim, fgsm
 from experiments.study.run import KEY, main
 from experiments.train.run import CHECKPOINT
@@ -107,6 +112,36 @@ def test_resume_skips_done_cells_and_redoes_only_missing_ones(study, small_mnist
     assert (merged.loc[~kept, "value"] == merged.loc[~kept, "value_before"]).all()  # same model, same attack
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints  # nothing retrained
     assert not (copy / "runs" / "mnist" / "cnn-seed0").exists()
+
+
+def test_the_other_protocols_on_written_files(tmp_path, small_mnist_root, small_mnist_md5, monkeypatch):
+    """Official affNIST (MNIST), CIFAR-10 (no canvas: clean, rotation, attacks) and smallNORB's novel azimuths
+    (familiar and novel views) on small files written in the real formats."""
+    monkeypatch.setattr("capsules.datasets.mnist.MNIST_MD5", small_mnist_md5)
+    data = tmp_path / "data"
+    shutil.copytree(small_mnist_root / "mnist", data / "mnist")
+    cifar = write_small_cifar(data / "cifar10")
+    monkeypatch.setattr(cifar10_module, "CIFAR10_MD5", cifar.md5)
+    write_split(data / "smallnorb", train=True, pairs=36, seed=1)
+    write_split(data / "smallnorb", train=False, pairs=20, seed=2)
+    (tmp_path / "affnist" / "test_batches").mkdir(parents=True)
+    digits = np.zeros((6, 40, 40), np.uint8)
+    digits[:, 10:30, 15:25] = 255
+    write_affnist_file(tmp_path / "affnist" / "test_batches" / "1.mat", digits, np.arange(6) % 10)
+    args = tiny_study(data, tmp_path, "--no-baselines", "--no-cost", "--affnist-root", str(tmp_path / "affnist"))
+    args[args.index("--datasets") + 1] = "mnist,cifar10,smallnorb-azimuth"
+    args[args.index("--routings") + 1] = "dynamic"
+    args[args.index("--batch-size") + 1] = "8"
+    assert main(args) == 0
+    table = pd.read_csv(tmp_path / "results" / "study.csv")
+    evaluations = {d: set(rows["evaluation"]) for d, rows in table.groupby("dataset")}
+    assert evaluations["mnist"] == {"clean", "affnist-style", "affnist", "rotation", "fgsm", "bim", "cost"}
+    assert evaluations["cifar10"] == {"clean", "rotation", "fgsm", "bim", "cost"}
+    assert evaluations["smallnorb-azimuth"] == {"clean", "novel", "fgsm", "bim", "cost"}
+    assert table[table["metric"] == "accuracy"]["value"].between(0, 1).all()
+    assert (tmp_path / "results" / "viewpoints_smallnorb-azimuth.png").exists()
+    leaderboard = (tmp_path / "results" / "leaderboard.md").read_text()
+    assert "### cifar10" in leaderboard and "novel views %" in leaderboard and "affNIST %" in leaderboard
 
 
 def test_missing_dataset_stops_with_one_line_naming_it(tmp_path, capsys):

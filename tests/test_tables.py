@@ -1,8 +1,12 @@
 """Result tables: atomic writes and upserts."""
 
+import os
+import stat
+
 import pandas as pd
 import pytest
 
+from experiments.common.atomic import atomic_write, write_text_atomic
 from experiments.common.tables import read_csv, to_markdown, upsert_csv, write_csv_atomic
 
 
@@ -36,3 +40,18 @@ def test_failed_write_leaves_old_table(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert read_csv(path)["a"].tolist() == [1]
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_written_files_get_the_usual_permissions(tmp_path, umask, mode):
+    # issue 16: mkstemp alone gives 0o600, so another user of a shared results folder could not read the tables
+    previous = os.umask(umask)
+    try:
+        write_csv_atomic(pd.DataFrame({"a": [1]}), tmp_path / "t.csv")
+        write_text_atomic(tmp_path / "t.md", "text")
+        with atomic_write(tmp_path / "t.bin", binary=True) as handle:
+            handle.write(b"\0")
+    finally:
+        os.umask(previous)
+    for name in ("t.csv", "t.md", "t.bin"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name

@@ -89,7 +89,7 @@ def test_threads_apply_to_the_sweep_only():
 
 
 def test_bad_numbers_raise_value_error():
-    with pytest.raises(ValueError, match="batch sizes"):
+    with pytest.raises(ValueError, match="batch_sizes"):
         Sweep(batch_sizes=[0]).check()
     with pytest.raises(ValueError, match="repeats"):
         Sweep(repeats=0).check()

@@ -51,8 +51,8 @@ def test_every_field_has_a_described_option():
     (dict(schedule="linear"), "--schedule must be one of"),
     (dict(optimizer="sgd"), "--optimizer must be one of"),
     (dict(batch_size=0), "--batch-size must be >= 1"),
-    (dict(lr=-1.0), "--lr must be > 0"),
-    (dict(time_budget_min=0.0), "--time-budget-min must be > 0"),
+    (dict(lr=-1.0), r"--lr must be a finite number in \(0, inf\)"),
+    (dict(time_budget_min=0.0), r"--time-budget-min must be a finite number in \(0, inf\)"),
     (dict(train_subset=0), "--train-subset must be >= 1"),
     (dict(bogus=1), "unknown training option"),
 ])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from experiments.train.checkpoint import CHECKPOINT_KEYS, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from experiments.train.data import TrainingData, eval_shard, load_data, train_batches
 
 
@@ -63,12 +63,17 @@ def test_missing_data_names_the_folder(tmp_path):
         load_data("smallnorb-azimuth", tmp_path)
 
 
+def training_state() -> dict:
+    """The entries load_checkpoint requires of a training checkpoint (their content does not matter here)."""
+    return {key: {} for key in CHECKPOINT_KEYS}
+
+
 def test_checkpoint_round_trip_restores_random_states(tmp_path):
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     state = rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     path = tmp_path / "run" / "checkpoint.pt"
-    save_checkpoint({"rng": state, "step": 7}, path)
+    save_checkpoint({**training_state(), "rng": state, "step": 7}, path)
     loaded = load_checkpoint(path)
     set_rng_state(loaded["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
@@ -78,14 +83,14 @@ def test_checkpoint_round_trip_restores_random_states(tmp_path):
 
 def test_interrupted_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint({"step": 1}, path)
+    save_checkpoint({**training_state(), "step": 1}, path)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint({"step": 2}, path)
+        save_checkpoint({**training_state(), "step": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
     assert os.listdir(tmp_path) == ["checkpoint.pt"]

@@ -125,12 +125,12 @@ def test_smallnorb_run_on_written_files_completes(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--model", "no-such-model"], "unknown model 'no-such-model'"),
     (["--routing", "no-such-routing"], "unknown routing 'no-such-routing'"),
-    (["--dataset", "cifar10"], "--dataset must be one of"),
+    (["--dataset", "cifar100"], "--dataset must be one of"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
 ])
 def test_bad_arguments_are_clear_errors(tmp_path, capsys, small_mnist, argv, message):
     common = ["--model", COMPACT, "--data-root", str(small_mnist), "--train-subset", "64", "--test-subset", "64",
-              "--out-dir", str(tmp_path / "bad"), "--no-progress"]
+              "--batch-size", "32", "--out-dir", str(tmp_path / "bad"), "--no-progress"]
     assert main(common + argv) == 2
     assert message in capsys.readouterr().err
 
@@ -143,6 +143,6 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys, small_mnist):
     argv = ["--model", COMPACT, "--data-root", str(small_mnist), "--train-subset", "64", "--test-subset", "64",
-            "--out-dir", str(tmp_path / "none"), "--resume"]
+            "--batch-size", "32", "--out-dir", str(tmp_path / "none"), "--resume"]
     assert main(argv) == 2
     assert "no checkpoint to resume" in capsys.readouterr().err

@@ -12,6 +12,13 @@ from capsules.datasets.errors import DatasetFileError
 from capsules.datasets.files import data_dir
 from capsules.datasets.in_memory import InMemoryImages
 from capsules.datasets.norb_format import read_matrix
+from capsules.datasets.options import (
+    expect_bool,
+    expect_mirrors,
+    expect_optional_bool,
+    expect_positive_seconds,
+    expect_root,
+)
 from capsules.datasets.transforms import (
     center_crop,
     random_brightness,
@@ -79,13 +86,18 @@ class SmallNORB(InMemoryImages):
         mirrors: Sequence[str] = (SMALLNORB_URL,),
         timeout: float = 60.0,
     ) -> None:
+        expect_root(root)
+        expect_bool("train", train)
+        expect_bool("download", download)
         if viewpoints is not None and viewpoints not in VIEWPOINTS:
             raise ValueError(f"viewpoints must be None or one of {VIEWPOINTS}, got {viewpoints!r}")
         if view not in _VIEWS:
             raise ValueError(f"view must be None, 'left' or 'right', got {view!r}")
+        mirrors = expect_mirrors(mirrors)
+        timeout = expect_positive_seconds("timeout", timeout)
         self.root = data_dir(root, "smallnorb")
         self.train, self.viewpoints, self.view = train, viewpoints, view
-        self.augment = train if augment is None else augment
+        self.augment = train if expect_optional_bool("augment", augment) is None else augment
         names = [f"{_PREFIX[train]}-{kind}.mat" for kind in ("dat", "cat", "info")]
         paths = ensure_files(self.root, names, download=download, mirrors=mirrors, md5s=SMALLNORB_MD5,
                              decompressed_md5=False, timeout=timeout, dataset="smallNORB")

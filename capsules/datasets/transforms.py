@@ -4,6 +4,8 @@ Every function takes a batch `[B, C, H, W]` and treats each image independently,
 images. Random draws come from `generator` (a CPU torch.Generator) or torch's global generator when it is None.
 """
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -14,6 +16,8 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     images: [B, C, H, W], any dtype. Returns the same shape and dtype: out[b, :, y, x] = images[b, :, y - dy, x - dx]
     where that pixel exists, else 0.
     """
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int):
+        raise TypeError(f"max_shift must be an int, got {max_shift!r} of type {type(max_shift).__name__}")
     if max_shift < 0:
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
     if max_shift == 0:
@@ -75,10 +79,23 @@ def standardize(images: torch.Tensor) -> torch.Tensor:
     return (images - mean.view(-1, 1, 1, 1)) / std.view(-1, 1, 1, 1)
 
 
-def scale_pixels(images: torch.Tensor, mean: float | None = None, std: float | None = None) -> torch.Tensor:
-    """uint8 pixels [B, C, H, W] -> float32 in [0, 1], then (x - mean) / std when both are given."""
+def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image left to right with probability 1/2. [B, C, H, W], any dtype; same shape and dtype out."""
+    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device).view(-1, 1, 1, 1)
+    return torch.where(flip, images.flip(-1), images)
+
+
+def scale_pixels(
+    images: torch.Tensor, mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None
+) -> torch.Tensor:
+    """uint8 pixels [B, C, H, W] -> float32 in [0, 1], then (x - mean) / std when both are given (one number for
+    every channel, or one per channel)."""
     pixels = images.to(torch.float32) / 255
-    return pixels if mean is None or std is None else (pixels - mean) / std
+    if mean is None or std is None:
+        return pixels
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    return (pixels - mean_t) / std_t
 
 
 def resize_area(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -8,20 +8,24 @@ import torch
 from torch import Tensor
 
 from capsules.layers.checks import check_labels, expect_shape
+from capsules.losses.options import expect_real
+from capsules.losses.reduction import batch_mean
 
 
 def spread_loss(activations: Tensor, labels: Tensor, margin: float | Tensor) -> Tensor:
     """Mean over the batch of sum_{i != t} max(0, m - (a_t - a_i))^2, t the target class.
 
-    activations [B, K]; labels [B]; margin m (Hinton et al. grow it from 0.2 to 0.9: `SpreadMarginSchedule`).
+    activations [B, K]; labels [B]; margin m >= 0, a number or a one-element tensor (Hinton et al. grow it from
+    0.2 to 0.9: `SpreadMarginSchedule`; a negative margin would make every term 0). An empty batch gives 0.
     """
     expect_shape(activations, (None, None), "[B, K]", "spread_loss activations")
+    expect_real("spread_loss margin", margin, 0.0)
     B, K = activations.shape
     labels = check_labels(labels, B, K)
     target = activations.gather(1, labels.view(-1, 1))  # [B, 1]
     gaps = (margin - (target - activations)).clamp_min(0).square()
     others = torch.ones_like(gaps).scatter_(1, labels.view(-1, 1), 0.0)
-    return (gaps * others).sum(dim=1).mean()
+    return batch_mean((gaps * others).sum(dim=1))
 
 
 class SpreadMarginSchedule:
@@ -38,7 +42,8 @@ class SpreadMarginSchedule:
     def configure(self, start: float, stop: float, steps: int) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        if not 0 <= start <= stop:
+        start, stop = expect_real("start", start, 0.0), expect_real("stop", stop, 0.0)
+        if start > stop:
             raise ValueError(f"expected 0 <= start <= stop, got start={start!r}, stop={stop!r}")
         self.start, self.stop, self.steps = float(start), float(stop), steps
 

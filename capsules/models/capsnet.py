@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from capsules.layers import CapsuleLinear, PrimaryCaps, ReconstructionDecoder
-from capsules.layers.checks import expect_shape
+from capsules.layers.checks import expect_positive_ints, expect_shape
 from capsules.models.output import CapsuleOutput
 from capsules.models.registry import register_model
 
@@ -37,6 +37,7 @@ class CapsNet(nn.Module):
         decoder: bool = True,
     ):
         super().__init__()
+        expect_positive_ints(in_channels=in_channels, image_size=image_size, classes=classes)
         self.in_channels, self.image_size, self.classes = in_channels, image_size, classes
         self.conv1 = nn.Conv2d(in_channels, 256, kernel_size=9)
         self.primary = PrimaryCaps(256, 32, kernel_size=9, stride=2, pose="vector", dim=8)

@@ -51,8 +51,9 @@ class CompactCapsNet(nn.Module):
     ):
         super().__init__()
         expect_positive_ints(in_channels=in_channels, image_size=image_size, classes=classes, types=types)
-        if len(channels) != 3:
+        if isinstance(channels, str | bytes) or not isinstance(channels, Sequence) or len(channels) != 3:
             raise ValueError(f"channels gives the widths of the 3 stem convolutions, got {channels!r}")
+        expect_positive_ints(**{f"channels[{i}]": c for i, c in enumerate(channels)})
         self.in_channels, self.image_size, self.classes = in_channels, image_size, classes
         c1, c2, c3 = channels
         self.stem = nn.Sequential(conv_block(in_channels, c1, 2), conv_block(c1, c2, 1), conv_block(c2, c3, 2))

@@ -123,9 +123,12 @@ def bench_dynamic(report: Report) -> None:
     with routing.finite_checks(False):
         for name, router in providers.items():
             def run(report: Report, name=name, router=router) -> None:
-                ms[name, "forward"] = report.time(case, name, "forward", lambda: router(votes), bytes_moved=bytes_read)
-                ms[name, "forward+backward"] = report.time(
-                    case, name, "forward+backward", lambda: fwd_bwd(router, leaf), grad_to_none=[leaf])
+                label = dict(case="routing", routing="dynamic", provider=name, dtype="float32",
+                             iterations=ITERATIONS, batch=shape[0], shape=votes_shape_text(shape))
+                ms[name, "forward"] = report.time(lambda: router(votes), mode="forward", bytes_moved=bytes_read,
+                                                  **label)
+                ms[name, "forward+backward"] = report.time(lambda: fwd_bwd(router, leaf), mode="forward+backward",
+                                                           grad_to_none=[leaf], **label)
 
             report.attempt(f"{case}: timing {name}", run)
     if ("triton", "forward+backward") not in ms or ("torch", "forward+backward") not in ms:
@@ -140,6 +143,12 @@ def bench_dynamic(report: Report) -> None:
                       ms["torch-compile", "forward"] / ms["triton", "forward"], 2)
     report.target(f"{case} forward+backward: speed-up over torch eager",
                   ms["torch", "forward+backward"] / ms["triton", "forward+backward"], 3)
+
+
+def votes_shape_text(shape: tuple[int, int, int, int]) -> str:
+    """The throughput table's shape column: "votes [B, I, J, D] -> [B, J, D]"."""
+    B, I, J, D = shape
+    return f"votes [{B}, {I}, {J}, {D}] -> [{B}, {J}, {D}]"
 
 
 def fwd_bwd(router, votes: Tensor) -> None:

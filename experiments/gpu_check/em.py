@@ -26,6 +26,8 @@ from experiments.gpu_check.report import Report
 ITERATIONS = 3
 CLASS_SHAPE, CLASS_SMOKE = (64, 512, 5, 16), (2, 18, 5, 16)
 CONV_GRID, CONV_SMOKE_GRID = (6, 32, 3), (3, 2, 2)  # (input side, capsule types, kernel size), stride 1
+# The results table's case column of each routing step (rows: (sample, window) pairs for ConvCaps2)
+TABLE_CASES = {"class capsules": "class-caps-routing", "ConvCaps2": "conv-caps-routing"}
 
 
 def conv_child_index(side: int, types: int, kernel: int) -> Tensor:
@@ -164,8 +166,11 @@ def benchmark(report: Report) -> None:
         ms: dict[tuple[str, str], float] = {}
         with routing.finite_checks(False):
             for provider, router in providers.items():
-                timed = functools.partial(time_provider, ms=ms, case=case, provider=provider, router=router,
-                                          votes=votes, leaf=leaf, acts=acts, child_index=ci, bytes_read=bytes_read)
+                label = dict(case=TABLE_CASES[name], routing="em", provider=provider, dtype="float32",
+                             iterations=ITERATIONS, shape=votes_shape_text(shape),
+                             batch=shape[0] if ci is None else shape[0] // ci.shape[0])  # samples
+                timed = functools.partial(time_provider, ms=ms, label=label, router=router, votes=votes, leaf=leaf,
+                                          acts=acts, child_index=ci, bytes_read=bytes_read)
                 report.attempt(f"{case}: timing {provider}", timed)
         if ("triton", "forward") not in ms or ("torch", "forward") not in ms:
             continue
@@ -178,13 +183,21 @@ def benchmark(report: Report) -> None:
                           ms["torch", "forward+backward"] / ms["triton", "forward+backward"], 3)
 
 
-def time_provider(report: Report, *, ms: dict[tuple[str, str], float], case: str, provider: str, router: nn.Module,
+def time_provider(report: Report, *, ms: dict[tuple[str, str], float], label: dict, router: nn.Module,
                   votes: Tensor, leaf: Tensor, acts: Tensor, child_index: Tensor | None, bytes_read: int) -> None:
-    """Time one provider's forward (on `votes`) and forward + backward (into `leaf`), into ms[provider, mode]."""
-    ms[provider, "forward"] = report.time(
-        case, provider, "forward", lambda: router(votes, acts, child_index=child_index), bytes_moved=bytes_read)
-    ms[provider, "forward+backward"] = report.time(
-        case, provider, "forward+backward", lambda: fwd_bwd(router, leaf, acts, child_index), grad_to_none=[leaf])
+    """Time one provider's forward (on `votes`) and forward + backward (into `leaf`), into ms[provider, mode];
+    `label` holds the row's table columns (Report.time)."""
+    provider = label["provider"]
+    ms[provider, "forward"] = report.time(lambda: router(votes, acts, child_index=child_index), mode="forward",
+                                          bytes_moved=bytes_read, **label)
+    ms[provider, "forward+backward"] = report.time(lambda: fwd_bwd(router, leaf, acts, child_index),
+                                                   mode="forward+backward", grad_to_none=[leaf], **label)
+
+
+def votes_shape_text(shape: tuple[int, int, int, int]) -> str:
+    """The throughput table's shape column: "votes [N, I, J, D] -> [N, J, D]"."""
+    N, I, J, D = shape
+    return f"votes [{N}, {I}, {J}, {D}] -> [{N}, {J}, {D}]"
 
 
 def fwd_bwd(router, votes: Tensor, acts: Tensor, child_index: Tensor | None) -> None:

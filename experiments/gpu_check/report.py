@@ -1,11 +1,14 @@
 """What the GPU check's sections record: correctness checks, timings and speed targets (`Report`), and timing.
 
-Timings: triton.testing.do_bench on the GPU (median and 20/80% quantiles, L2 flushed between runs); a warmed-up
-median of 5 on the CPU under --smoke.
+Timings: triton.testing.do_bench on the GPU (median and 20/80% quantiles, L2 flushed between runs); one call after
+a warm-up on the CPU under --smoke. Timing rows have the throughput table's columns (experiments/throughput: case,
+routing, provider, mode, dtype, iterations, x_name, x_value, shape, status, note, median, q20, q80, unit,
+samples_per_s, peak_mem_mb, gb_per_s); main.py adds the device and provenance columns.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -49,15 +52,35 @@ class Report:
             self.check(what, False, f"raised {type(exc).__name__}: {exc}"[:2000])
             traceback.print_exc()
 
-    def time(self, case: str, provider: str, mode: str, fn: Callable[[], object], *,
-             bytes_moved: int | None = None, grad_to_none: list[Tensor] | None = None) -> float:
-        """Median milliseconds of fn(); records the row (with GB/s when bytes_moved is given)."""
+    def time(self, fn: Callable[[], object], *, case: str, routing: str, provider: str, mode: str, dtype: str,
+             iterations: int, batch: int, shape: str, bytes_moved: int | None = None,
+             grad_to_none: list[Tensor] | None = None) -> float:
+        """Median milliseconds of fn(); records the row (gb_per_s when bytes_moved is given, peak memory on a
+        GPU)."""
         median, low, high = bench_ms(fn, self.device, grad_to_none)
-        row = {"case": case, "provider": provider, "mode": mode, "median_ms": median, "p20_ms": low,
-               "p80_ms": high, "GB/s": None if bytes_moved is None else bytes_moved / median / 1e6}
+        row = self._row(case, routing, provider, mode, dtype, iterations, batch, shape)
+        row.update(status="ok", median=median, q20=low, q80=high, samples_per_s=batch / median * 1e3,
+                   peak_mem_mb=peak_memory_mb(fn, self.device),
+                   gb_per_s=math.nan if bytes_moved is None else bytes_moved / median / 1e6)
         self.timings.append(row)
-        print(f"  {case} | {provider} | {mode}: {median:.4f} ms", flush=True)
+        print(f"  {case} {routing} | {provider} | {mode}: {median:.4f} ms", flush=True)
         return median
+
+    def skip(self, note: str, *, case: str, routing: str, provider: str, mode: str, dtype: str, iterations: int,
+             batch: int, shape: str) -> None:
+        """A timing row that was not measured, and why (status "skipped", as the throughput table has them)."""
+        row = self._row(case, routing, provider, mode, dtype, iterations, batch, shape)
+        row.update(status="skipped", note=note)
+        self.timings.append(row)
+        print(f"  {case} {routing} | {provider} | {mode}: skipped ({note})", flush=True)
+
+    @staticmethod
+    def _row(case: str, routing: str, provider: str, mode: str, dtype: str, iterations: int, batch: int,
+             shape: str) -> dict:
+        return {"case": case, "routing": routing, "provider": provider, "mode": mode, "dtype": dtype,
+                "iterations": iterations, "x_name": "batch", "x_value": batch, "shape": shape, "status": "",
+                "note": "", "median": math.nan, "q20": math.nan, "q80": math.nan, "unit": "ms",
+                "samples_per_s": math.nan, "peak_mem_mb": math.nan, "gb_per_s": math.nan}
 
     def target(self, what: str, measured: float, goal: float) -> None:
         """A speed goal (measured >= goal), reported in the summary and never asserted."""
@@ -67,23 +90,33 @@ class Report:
 
 def bench_ms(fn: Callable[[], object], device: torch.device,
              grad_to_none: list[Tensor] | None = None) -> tuple[float, float, float]:
-    """(median, 20% quantile, 80% quantile) milliseconds: do_bench on CUDA, a warmed-up median of 5 on the CPU."""
+    """(median, 20% quantile, 80% quantile) milliseconds: do_bench on CUDA; on the CPU (--smoke, under the
+    interpreter, where the times only show that the timing runs) one call after a warm-up, for all three."""
     if device.type == "cuda":
         # triton is optional (absent off Linux) and only a GPU times with it: imported here, where it is needed
         import triton.testing
 
         median, low, high = triton.testing.do_bench(fn, grad_to_none=grad_to_none, quantiles=[0.5, 0.2, 0.8])
         return median, low, high
+    fn()  # warm-up: under the interpreter, one more timed call than this says nothing about speed either
+    for x in grad_to_none or []:
+        x.grad = None
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(5):
-        for x in grad_to_none or []:
-            x.grad = None
-        start = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - start))
-    times.sort()
-    return times[2], times[1], times[3]
+    ms = 1000 * (time.perf_counter() - start)
+    return ms, ms, ms
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """MiB allocated at the peak of one fn() call above what was allocated before it (CUDA; NaN elsewhere)."""
+    if device.type != "cuda":
+        return math.nan
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
 def peak_bandwidth_gbs(device: torch.device) -> float | None:

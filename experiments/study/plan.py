@@ -44,8 +44,8 @@ class Protocol:
 
     canvas: train on images placed at random on a canvas this wide and test on the translated test set (Sabour
     et al.'s affNIST protocol), or None; affine: evaluate on the affNIST-style set built from the test images;
-    rotation: accuracy against rotation angle; familiar/novel: smallNORB viewpoint splits (the training run's
-    test set is the novel views; the familiar views are scored too).
+    rotation: accuracy against rotation angle; viewpoints: a smallNORB viewpoint split (trained on the familiar
+    views; its clean test set is the familiar test views, and the novel test views are scored too).
     """
 
     dataset: str

@@ -37,8 +37,10 @@ from torch._functorch import config as functorch_config
 
 import routing
 from experiments.common.atomic import write_text_atomic
+from experiments.common.cli import usage_error
+from experiments.common.outputs import check_output_file
 from experiments.common.provenance import device_name, git_commit, timestamp, versions
-from experiments.common.tables import RESULTS_DIR, upsert_csv
+from experiments.common.tables import RESULTS_DIR, read_csv, upsert_csv
 from experiments.throughput.cases import BASELINE, CASES, MODES, TARGETS, Case, Workload, bytes_moved, get_case
 from experiments.throughput.report import TARGETS_CAPTION, pivot_markdown, results_markdown, save_plot, targets_markdown
 from experiments.throughput.timing import (
@@ -92,15 +94,38 @@ class Sweep:
         for dtype in self.dtypes:
             if dtype not in DTYPES:
                 raise KeyError(f"unknown dtype {dtype!r}; available: {', '.join(DTYPES)}")
-        for label, values in (("batch sizes", self.batch_sizes or (1,)), ("iterations", self.iterations)):
-            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        for label, values in (("batch_sizes (--batch-sizes)", self.batch_sizes or (1,)),
+                              ("iterations (--iterations)", self.iterations)):
+            if not values or any(not _is_int(v) or v < 1 for v in values):
                 raise ValueError(f"{label} must be positive integers, got {list(values)}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
-        if self.repeats < 1 or (self.warmup is not None and self.warmup < 0):
-            raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+            raise ValueError(f"threads (--threads) must be an integer >= 1, got {self.threads!r}")
+        if not _is_int(self.repeats) or self.repeats < 1:
+            raise ValueError(f"repeats (--repeats) must be an integer >= 1, got {self.repeats!r}")
+        if self.warmup is not None and (not _is_int(self.warmup) or self.warmup < 0):
+            raise ValueError(f"warmup (--warmup) must be an integer >= 0, got {self.warmup!r}")
         if not (self.cases and self.routings and self.modes and self.dtypes):
             raise ValueError("cases, routings, modes and dtypes must each name at least one value")
+        check_device(self.device)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_device(name: str) -> None:
+    """ValueError unless `name` is a CPU or an available CUDA device."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device (--device) must be cpu, cuda or cuda:<index>, got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"device (--device) must be cpu, cuda or cuda:<index>, got {name!r}")
 
 
 def default_providers(device: torch.device) -> tuple[str, ...]:
@@ -325,16 +350,41 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="markdown table of the whole CSV (default: the CSV path with .md)")
     parser.add_argument("--plot", type=Path, default=None,
                         help="plot of this device's rows (default: throughput_<device type>.png beside the CSV)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.sweep = Sweep(cases=args.cases, routings=args.routings, providers=args.providers, modes=args.modes,
+                       batch_sizes=args.batch_sizes, iterations=args.iterations, dtypes=args.dtypes,
+                       repeats=args.repeats, warmup=args.warmup, device=args.device, threads=args.threads,
+                       baseline=args.baseline)
+    try:  # every argument and output path is checked before the sweep, which takes minutes
+        args.sweep.check()
+        check_output_file(args.out, "--out")
+        check_results_table(args.out)
+        markdown = check_output_file(args.markdown or args.out.with_suffix(".md"), "--markdown")
+        if markdown.absolute() == args.out.absolute():
+            raise ValueError(f"--markdown {markdown} is the --out CSV itself; give --out a .csv name or another "
+                             f"--markdown")
+        check_output_file(args.plot or args.out.parent / "throughput.png", "--plot")
+    except (KeyError, ValueError) as error:
+        usage_error(parser.prog, error)
+    return args
+
+
+def check_results_table(path: Path) -> None:
+    """ValueError unless `path` is absent, empty, or a readable CSV with the KEY columns the rows upsert by."""
+    try:
+        table = read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise ValueError(f"--out {path} exists but is not a readable CSV ({error}); choose another --out") from None
+    missing = [k for k in KEY if not table.empty and k not in table.columns]
+    if missing:
+        raise ValueError(f"--out {path} is not a throughput table (it lacks {', '.join(missing)}); choose another "
+                         f"--out")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the sweep, upsert its rows into --out, print the pivoted table, write the markdown and the plot."""
     args = parse_args(argv)
-    sweep = Sweep(cases=args.cases, routings=args.routings, providers=args.providers, modes=args.modes,
-                  batch_sizes=args.batch_sizes, iterations=args.iterations, dtypes=args.dtypes,
-                  repeats=args.repeats, warmup=args.warmup, device=args.device, threads=args.threads,
-                  baseline=args.baseline)
+    sweep = args.sweep
     rows = run_sweep(sweep)
     table = upsert_csv(args.out, rows, key=KEY)
     print(pivot_markdown(rows))

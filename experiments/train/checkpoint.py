@@ -50,10 +50,31 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
         torch.save(state, handle)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: unreadable, not written by training, or another run's."""
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "data_generator", "rng", "run")  # what `save_run` writes
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The state saved at `path` (tensors on the CPU). FileNotFoundError when there is none."""
+    """The state saved at `path` (tensors on the CPU). FileNotFoundError when there is none; CheckpointError
+    naming the file when it is empty, truncated, corrupt or not a training checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume at {path}")
-    # Our own files: random states hold numpy arrays and Python tuples, which the weights-only loader refuses.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    advice = ("it may have been cut short or replaced; restore a good copy, or start the run again without "
+              "--resume in a new --out-dir")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty: {advice}")
+    try:
+        # Our own files: random states hold numpy arrays and Python tuples, which the weights-only loader refuses.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch, zipfile and pickle each fail their own way on a damaged file
+        text = str(error).strip().splitlines()
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: "
+                              f"{text[0] if text else 'no detail'}): {advice}") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint (it lacks {', '.join(missing)}): {advice}")
+    return state

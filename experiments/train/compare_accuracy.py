@@ -29,9 +29,20 @@ import pandas as pd
 import routing
 from experiments.common import provenance
 from experiments.common.atomic import write_text_atomic
+from experiments.common.cli import one_line
+from experiments.common.folder_lock import FolderInUseError, locked_folder
+from experiments.common.outputs import check_output_dir, check_output_file
 from experiments.common.tables import RESULTS_DIR, read_csv, to_markdown, upsert_csv, write_csv_atomic
 from experiments.train.config import TrainConfig, add_arguments, build_config, overrides_from_args
-from experiments.train.run import CHECKPOINT, check_names, output_dir, raise_keyboard_interrupt, train
+from experiments.train.resume import check_resume
+from experiments.train.run import (
+    CHECKPOINT,
+    CONFIG,
+    check_before_work,
+    output_dir,
+    raise_keyboard_interrupt,
+    train,
+)
 
 # (model, routing, dataset) the papers trained.
 PAPER_PAIRS = (("capsnet", "dynamic", "mnist"), ("matrix-capsnet", "em", "smallnorb"))
@@ -85,15 +96,29 @@ def compare(runs: list[tuple[str, str, str]], overrides: dict, out_dir: Path, re
 
     Each finished run's row is written to <out_dir>/comparison.csv and upserted into `results` (skipped when
     None) at once, so an interruption keeps the rows of the runs already done. With `resume`, a run whose folder
-    holds a checkpoint continues from it (a finished run is not trained again).
+    holds a checkpoint continues from it (a finished run is not trained again); without it, such a folder is an
+    error before any run starts (a new run would overwrite it). Every configuration, output path and resumed run's
+    settings are checked before the first run; <out_dir> is locked while the comparison runs.
     """
     configs = [build_config(model=m, routing=r, dataset=d, out_dir=str(out_dir / f"{m}-{r}-{d}"), **overrides)
                for m, r, d in runs]
+    check_output_dir(out_dir, "--out-dir")
+    if results is not None:
+        check_output_file(results, "--results")
+        if results.is_file() and results.stat().st_size:
+            read_results(results, key=RESULTS_KEY)  # rows are upserted into it: it must be a results table
     for config in configs:  # every configuration is checked before the first run starts
-        check_names(config)
+        config.resume = resume and (output_dir(config) / CHECKPOINT).exists()
+        check_before_work(config)
+        if config.resume:
+            check_resume(config, output_dir(config) / CHECKPOINT, output_dir(config) / CONFIG)
+    with locked_folder(out_dir):  # comparison.csv is this comparison's alone
+        return _compare(configs, out_dir, results)
+
+
+def _compare(configs: list[TrainConfig], out_dir: Path, results: Path | None) -> pd.DataFrame:
     rows = []
     for config in configs:
-        config.resume = resume and (output_dir(config) / CHECKPOINT).exists()
         load_before = os.getloadavg()[0]
         table = train(config)
         rows.append(summarize(config, table, load_before, os.getloadavg()[0]))
@@ -151,10 +176,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def read_results(path: Path, key: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The results CSV at `path`; ValueError naming it when it is missing, unreadable or another kind of table
+    (one without the accuracy columns, or the `key` columns rows are upserted by)."""
+    if not path.is_file():
+        raise ValueError(f"no results table at {path}: run a comparison first, or point --results at the CSV one "
+                         f"wrote")
+    try:
+        table = read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise ValueError(f"{path} is not a readable CSV ({one_line(error)})") from None
+    needed = list(dict.fromkeys(["model", "routing", "test_accuracy", "best_test_accuracy", *key]))
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path} is not a results table written by capsule-compare-accuracy (it lacks the "
+                         f"column(s) {', '.join(missing)})")
+    for column in ("test_accuracy", "best_test_accuracy"):
+        if not pd.api.types.is_numeric_dtype(table[column]):
+            raise ValueError(f"{path}: column {column} must hold accuracies (numbers), got {table[column].dtype}")
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.print_results:
-        print(results_markdown(read_csv(args.results)))
+        try:
+            print(results_markdown(read_results(Path(args.results))))
+        except ValueError as error:
+            print(f"capsule-compare-accuracy: error: {one_line(error)}", file=sys.stderr)
+            return 2
         return 0
     routings = args.routings or routing.available()
     runs = planned_runs(args.model, routings, args.dataset, args.papers)
@@ -166,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted; finished runs are in {args.out_dir}/comparison.csv; rerun with --resume to continue",
               file=sys.stderr)
         return 130
-    except (ValueError, KeyError, FileNotFoundError) as error:
-        print(f"capsule-compare-accuracy: error: {error}", file=sys.stderr)
+    except (TypeError, ValueError, KeyError, FileNotFoundError, FolderInUseError) as error:
+        print(f"capsule-compare-accuracy: error: {one_line(error)}", file=sys.stderr)
         return 2
     print(to_markdown(table[[c for c in SUMMARY_COLUMNS if c in table.columns]]))
     return 0

@@ -12,17 +12,23 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import routing
+from experiments.train.distributed import check_device
 
-DATASETS = ("mnist", "smallnorb", "smallnorb-azimuth", "smallnorb-elevation")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "affnist", "smallnorb", "smallnorb-azimuth",
+            "smallnorb-elevation")  # experiments.train.data.TRAIN_DATASETS
 SCHEDULES = ("exponential", "onecycle", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw")
 LOSSES = ("margin", "spread", "nll", "cross-entropy")
+# Image side of the datasets whose training images --max-shift moves (a shift of the side or more leaves nothing);
+# training checks other datasets against their images once loaded
+SHIFTED_IMAGE_SIZE = {"mnist": 28, "fashion-mnist": 28, "cifar10": 32, "svhn": 32}
 NO_ROUTING = "none"  # the routing of models that do not route (cnn-baseline)
 
 
@@ -32,7 +38,7 @@ class TrainConfig:
 
     model: str = "capsnet"  # a name from capsules.models()
     routing: str = "dynamic"  # a name from routing.available() ("none" for models that do not route)
-    dataset: str = "mnist"  # mnist, smallnorb, smallnorb-azimuth or -elevation (train familiar, test novel views)
+    dataset: str = "mnist"  # one of DATASETS; smallnorb-azimuth/-elevation train familiar, test novel views
     data_root: str | None = None  # folder with the dataset's files (default $CAPSULES_DATA/<dataset>)
     train_subset: int | None = None  # use the first N training images (None: all)
     test_subset: int | None = None  # use the first N test images (None: all)
@@ -70,7 +76,9 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default)
     out_dir: str | None = None  # default runs/<model>-<routing>-<dataset>-seed<seed>
     resume: bool = False  # continue the run in out_dir from its checkpoint
+    allow_config_change: bool = False  # --resume with settings that differ from the run's config.json
     progress: bool = True  # tqdm bar per epoch
+    tensorboard: bool = False  # write loss, accuracy and lr scalars into <out_dir>/tensorboard (optional extra)
 
     def run_name(self) -> str:
         return f"{self.model}-{self.routing}-{self.dataset}-seed{self.seed}"
@@ -150,34 +158,79 @@ def resolve_iterations(values: dict[str, Any]) -> None:
 
 
 def validate(config: TrainConfig) -> None:
-    """Raise ValueError naming the option and what it expected; names of models and routings are checked where
-    they are built (their registries list what exists)."""
+    """Raise ValueError naming the option, the value and what it expected (types first, then ranges); names of
+    models and routings are checked where they are built (their registries list what exists)."""
+    check_types(config)
     choices = {"dataset": DATASETS, "schedule": SCHEDULES, "optimizer": OPTIMIZERS, "loss": LOSSES}
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
-            raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
-                             f"got {getattr(config, name)!r}")
-    positive = ("epochs", "batch_size", "eval_batch_size", "decay_steps")
-    for name in positive:
+            raise ValueError(f"{option(name)} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
+    for name in ("epochs", "batch_size", "eval_batch_size", "decay_steps"):
         if getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+            raise ValueError(f"{option(name)} must be >= 1, got {getattr(config, name)}")
     for name in ("train_subset", "test_subset", "threads", "routing_iterations"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
-    if config.lr <= 0:
-        raise ValueError(f"--lr must be > 0, got {config.lr}")
-    if config.time_budget_min is not None and config.time_budget_min <= 0:
-        raise ValueError(f"--time-budget-min must be > 0, got {config.time_budget_min}")
-    if not 0 <= config.warmup_fraction < 1:
-        raise ValueError(f"--warmup-fraction must be in [0, 1), got {config.warmup_fraction}")
-    if not 0 < config.spread_margin_fraction <= 1:
-        raise ValueError(f"--spread-margin-fraction must be in (0, 1], got {config.spread_margin_fraction}")
+            raise ValueError(f"{option(name)} must be >= 1, got {getattr(config, name)}")
+    if config.train_subset is not None and config.train_subset < config.batch_size:
+        raise ValueError(f"--train-subset {config.train_subset} is smaller than --batch-size {config.batch_size}: "
+                         f"an epoch would have no full batch")
+    # (low, high, low included, high included) of every real-valued option; NaN and infinities fail every range
+    ranges = {"lr": (0, math.inf, False, False), "weight_decay": (0, math.inf, True, False),
+              "decay_rate": (0, 1, False, True), "warmup_fraction": (0, 1, True, False),
+              "final_lr_fraction": (0, 1, True, True), "spread_margin_start": (0, math.inf, True, False),
+              "spread_margin_end": (0, math.inf, True, False), "spread_margin_fraction": (0, 1, False, True),
+              "reconstruction_weight": (0, math.inf, True, False), "time_budget_min": (0, math.inf, False, False),
+              "grad_clip": (0, math.inf, False, False)}
+    for name, (low, high, low_in, high_in) in ranges.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        above = low <= value if low_in else low < value
+        below = value <= high if high_in else value < high
+        if not (above and below and math.isfinite(value)):
+            interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+            raise ValueError(f"{option(name)} must be a finite number in {interval}, got {value!r}")
+    if config.spread_margin_start > config.spread_margin_end:
+        raise ValueError(f"--spread-margin-start {config.spread_margin_start} is above --spread-margin-end "
+                         f"{config.spread_margin_end}: the margin grows from start to end")
     if config.max_shift < 0:
         raise ValueError(f"--max-shift must be >= 0, got {config.max_shift}")
+    size = SHIFTED_IMAGE_SIZE.get(config.dataset)
+    if config.canvas is None and size is not None and config.max_shift >= size:
+        raise ValueError(f"--max-shift {config.max_shift} would move {config.dataset}'s {size}x{size} images out "
+                         f"of the frame: it must be < {size}")
     if config.canvas is not None and config.canvas < 1:
         raise ValueError(f"--canvas must be >= 1 (a width in pixels), got {config.canvas}")
     if config.smallnorb_view not in (None, "left", "right"):
         raise ValueError(f"--smallnorb-view must be left or right, got {config.smallnorb_view!r}")
+    if config.smallnorb_view is not None and not config.dataset.startswith("smallnorb"):
+        raise ValueError(f"--smallnorb-view applies to the smallnorb datasets, not to --dataset {config.dataset}")
+    if not 0 <= config.seed < 2**63:  # what torch.manual_seed takes
+        raise ValueError(f"--seed must be in [0, 2**63), got {config.seed}")
+    check_device(config.device)
+
+
+def option(name: str) -> str:
+    """The command-line option of TrainConfig field `name`."""
+    return "--" + name.replace("_", "-")
+
+
+def check_types(config: TrainConfig) -> None:
+    """Each field holds its annotated type (None where the annotation allows it; an int where a float goes; never a
+    bool for a number): configurations built in Python get the same clear errors as the command line."""
+    for f in fields(TrainConfig):
+        value = getattr(config, f.name)
+        annotation = str(f.type)
+        if value is None and "None" in annotation:
+            continue
+        base = annotation.split("|")[0].split("[")[0].strip()
+        expected = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "dict": (dict,)}.get(base)
+        if expected is None:
+            continue
+        if not isinstance(value, expected) or (base != "bool" and isinstance(value, bool)):
+            raise ValueError(f"{option(f.name)} must be {'an' if base == 'int' else 'a'} {base}, got {value!r}")
+    if not all(isinstance(key, str) for key in config.model_options):
+        raise ValueError(f"model options must have string names, got {config.model_options!r}")
 
 
 def field_help() -> dict[str, str]:

@@ -33,6 +33,23 @@ class DistributedContext:
         return self.world_size > 1
 
 
+def check_device(name: str) -> None:
+    """Raise ValueError unless `name` is "auto" or a device torch knows that this machine has (cpu, cuda, cuda:1)."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:<index>, got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} asked for, but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:<index>, got {name!r}")
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """"auto" -> this rank's GPU when CUDA is available, else the CPU; "cuda" -> cuda:<local_rank>."""
     if name == "auto":

@@ -12,12 +12,19 @@ overridden (`capsule-train --help`). The run folder (default runs/<model>-<routi
 configuration, git commit) and `config.json`. Ctrl-C or SIGTERM stops the run and leaves the last complete
 checkpoint and table; `--resume` continues from them with the same model, optimiser, schedule, random states and
 epoch counter, so a resumed run matches an uninterrupted one on the same machine.
+
+Every option is checked before any data is read or file written (a bad one is one line `capsule-train: error: ...`
+and exit status 2). A run holds its folder's lock (`.lock`, with its process id) while it runs, so a second run on
+the same folder refuses to start, and a new run refuses a folder that holds another run's checkpoint. `--resume`
+refuses settings that differ from the run's config.json, listing the differences, except `--epochs` and
+`--time-budget-min` (which extend the run) and options that do not change what is computed (device, threads, data
+folder, progress, logging); `--allow-config-change` continues with the new settings and keeps the old config.json as
+config.until-epoch<E>.json (experiments/train/resume.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
@@ -34,14 +41,19 @@ from tqdm import tqdm
 
 import capsules
 import routing
+from capsules.models.registry import check_model_arguments
 from experiments.common import provenance
-from experiments.common.atomic import write_text_atomic
+from experiments.common.cli import one_line
+from experiments.common.folder_lock import FolderInUseError, locked_folder
+from experiments.common.outputs import check_output_dir
 from experiments.common.tables import to_markdown, write_csv_atomic
-from experiments.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from experiments.train.checkpoint import rng_state, save_checkpoint, seed_everything
 from experiments.train.config import NO_ROUTING, TrainConfig, add_arguments, build_config, overrides_from_args
 from experiments.train.data import TrainingData, eval_shard, load_data, steps_per_epoch, train_batches
 from experiments.train.distributed import DistributedContext, main_rank_value, setup, sum_across_ranks, teardown
+from experiments.train.resume import check_resume, restore, save_config
 from experiments.train.schedule import lr_at, progress, spread_margin_at
+from experiments.train.tensorboard import ScalarLog, require_tensorboard
 
 CHECKPOINT, METRICS, CONFIG = "checkpoint.pt", "metrics.csv", "config.json"
 SHOWN_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_accuracy", "test_error", "samples_per_s",
@@ -73,6 +85,51 @@ def check_names(config: TrainConfig) -> None:
         raise KeyError(f"unknown routing {config.routing!r}; available: {', '.join(routing.available())}")
 
 
+# create_model arguments the trainer sets itself, and the option that sets each instead
+TRAINER_SET = {"in_channels": "--dataset", "classes": "--dataset", "image_size": "--dataset (or --canvas)",
+               "decoder": "--reconstruction-weight", "routing": "--routing"}
+TRAINER_ROUTING_OPTIONS = {"iterations": "--routing-iterations", "backend": "--routing-backend"}
+
+
+def check_before_work(config: TrainConfig) -> None:
+    """Everything that can be checked before data is read or files are written: the model and routing names
+    (KeyError listing what exists), the routing backend, the --model-option names, and that --out-dir is a
+    writable folder (ValueError/TypeError naming the option)."""
+    check_names(config)
+    if config.tensorboard:
+        require_tensorboard()
+    if "routing" in capsules.model_options(config.model):
+        backends = ("auto", *routing.backends(config.routing))
+        if config.routing_backend not in backends:
+            raise ValueError(f"--routing-backend must be one of {', '.join(backends)} for routing "
+                             f"{config.routing!r}, got {config.routing_backend!r}")
+    for key, option in TRAINER_SET.items():
+        if key in config.model_options:
+            raise ValueError(f"--model-option {key}: set by {option}; leave it out")
+    given_routing_options = config.model_options.get("routing_options") or {}
+    if not isinstance(given_routing_options, dict):
+        raise ValueError(f"--model-option routing_options must be a mapping (a JSON object such as "
+                         f"{{\"eps\": 1e-6}}), got {given_routing_options!r}")
+    for key, option in TRAINER_ROUTING_OPTIONS.items():
+        if key in given_routing_options:
+            raise ValueError(f"--model-option routing_options: {key} is set by {option}; leave it out")
+    try:
+        check_model_arguments(config.model, model_arguments(config, channels=1, classes=2, image_size=28))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--model-option: {error}") from None
+    check_output_dir(output_dir(config), "--out-dir")
+    check_not_clobbering(config)
+
+
+def check_not_clobbering(config: TrainConfig) -> None:
+    """A new run (no --resume) must not start in a folder that holds another run's checkpoint: its first epoch
+    would overwrite that run's checkpoint, table and config."""
+    checkpoint = output_dir(config) / CHECKPOINT
+    if not config.resume and checkpoint.exists():
+        raise ValueError(f"--out-dir {output_dir(config)} already holds a run ({checkpoint}): continue it with "
+                         f"--resume, or choose another --out-dir (delete the folder to start that run over)")
+
+
 def routing_options(config: TrainConfig) -> dict[str, Any]:
     """The routing's backend, and its iterations where the algorithm iterates (routing_iterations is None for
     self-routing and self-attention, which do not)."""
@@ -82,18 +139,32 @@ def routing_options(config: TrainConfig) -> dict[str, Any]:
     return options
 
 
-def build_model(config: TrainConfig, data: TrainingData) -> nn.Module:
-    """capsules.create_model sized for the dataset (channels, classes, and image size where the model takes one),
-    with the routing, its iterations and backend, and a decoder only when the reconstruction loss is on."""
+def model_arguments(config: TrainConfig, channels: int, classes: int, image_size: int) -> dict[str, Any]:
+    """create_model's keyword arguments: the dataset's sizes (image size where the model takes one), the routing,
+    its iterations and backend (plus any routing_options given with --model-option), a decoder only when the
+    reconstruction loss is on, and the other --model-option values."""
     accepted = capsules.model_options(config.model)
-    options: dict[str, Any] = dict(in_channels=data.channels, classes=data.classes)
+    options: dict[str, Any] = dict(in_channels=channels, classes=classes)
     if "routing" in accepted:
-        options.update(routing=config.routing, routing_options=routing_options(config))
+        given = config.model_options.get("routing_options")
+        extra = given if isinstance(given, dict) else {}
+        options.update(routing=config.routing, routing_options={**routing_options(config), **extra})
     if "image_size" in accepted:
-        options["image_size"] = data.image_size
+        options["image_size"] = image_size
     if "decoder" in accepted:
         options["decoder"] = config.reconstruction_weight > 0
-    return capsules.create_model(config.model, **{**options, **config.model_options})
+    rest = {k: v for k, v in config.model_options.items() if k != "routing_options" or "routing" not in accepted}
+    return {**options, **rest}
+
+
+def build_model(config: TrainConfig, data: TrainingData) -> nn.Module:
+    """capsules.create_model sized for the dataset; a bad --model-option value is a ValueError naming the model."""
+    try:
+        return capsules.create_model(config.model, **model_arguments(config, data.channels, data.classes,
+                                                                     data.image_size))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"cannot build model {config.model!r} with --model-option {config.model_options}: "
+                         f"{error}") from error
 
 
 def distribute(model: nn.Module, ctx: DistributedContext) -> nn.Module:
@@ -179,9 +250,15 @@ def train(config: TrainConfig) -> pd.DataFrame:
 
     Raises KeyboardInterrupt when interrupted, after the last complete checkpoint and table are on disk.
     """
+    check_before_work(config)
     ctx = setup(config.device)
     try:
-        return _train(config, ctx)
+        # One run at a time in a folder (the main rank holds its lock); a resume is checked under the lock.
+        with locked_folder(output_dir(config)) if ctx.is_main else nullcontext():
+            check_not_clobbering(config)
+            if config.resume:
+                check_resume(config, output_dir(config) / CHECKPOINT, output_dir(config) / CONFIG)
+            return _train(config, ctx)
     finally:
         teardown()
 
@@ -195,29 +272,32 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
     data = load_data(config.dataset, config.data_root, train_subset=config.train_subset,
                      test_subset=config.test_subset, max_shift=config.max_shift, smallnorb_view=config.smallnorb_view,
                      canvas=config.canvas)
+    side = min(data.train_images.shape[-2:])
+    if config.canvas is None and config.max_shift >= side:
+        raise ValueError(f"--max-shift {config.max_shift} would move the {side}x{side} training images of "
+                         f"{config.dataset} out of the frame: it must be < {side}")
     model = build_model(config, data).to(ctx.device)
     params = count_parameters(model)
     optimizer = build_optimizer(config, model)
     data_generator = torch.Generator().manual_seed(config.seed)
     steps = steps_per_epoch(len(data.train_labels), config.batch_size)
+    if steps == 0:
+        raise ValueError(f"--batch-size {config.batch_size} is larger than the {len(data.train_labels)} training "
+                         f"images: an epoch would have no full batch")
     total_steps = steps * config.epochs
     state = RunState(rows=[])
     if config.resume:
-        checkpoint = load_checkpoint(out / CHECKPOINT)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        data_generator.set_state(checkpoint["data_generator"])
-        set_rng_state(checkpoint["rng"])
-        state = RunState(**checkpoint["run"])
+        state = RunState(**restore(out / CHECKPOINT, config, model, optimizer, data_generator))
     net = distribute(model, ctx)
     device_name = provenance.device_name(ctx.device)
     static = {"params": params, "device": device_name, "world_size": ctx.world_size,
               "git_commit": provenance.git_commit(), **{f"config_{k}": v for k, v in config.flat().items()}}
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
+        save_config(config, out / CONFIG, state.epoch)
         print(f"{config.model} + {config.routing} on {config.dataset}: {params:,} parameters, {steps} steps/epoch, "
               f"{ctx.world_size} process(es) on {device_name}; run folder {out}")
+    board = ScalarLog(out, config.tensorboard and ctx.is_main, steps_done=state.step)
     done = progress(config, state.step, total_steps, state.train_seconds)
     while state.epoch < config.epochs and done < 1.0:
         wall_start = time.perf_counter()
@@ -246,6 +326,7 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
             loss_sum += loss.item() * len(labels)
             correct += (output.activations.detach().argmax(dim=1) == labels).sum().item()
             seen += len(labels)
+            board.step(state.step, loss_sum / seen, correct / seen, lr)
             now = time.perf_counter()
             epoch_seconds, tick = epoch_seconds + now - tick, now
             train_seconds = main_rank_value(state.train_seconds + epoch_seconds, ctx.device)
@@ -267,12 +348,14 @@ def _train(config: TrainConfig, ctx: DistributedContext) -> pd.DataFrame:
                "train_time_s": state.train_seconds, "wall_time_s": state.wall_seconds, "lr": lr,
                "timestamp": provenance.timestamp(), **static}
         state.rows.append(row)
+        board.epoch(row)
         if ctx.is_main:
             save_run(out, model, optimizer, data_generator, state)
             tqdm.write(f"epoch {state.epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
                        f"test acc {test_accuracy:.4f} (error {100 * (1 - test_accuracy):.2f}%) | "
                        f"{row['samples_per_s']:.0f} samples/s | {epoch_seconds:.1f} s", file=sys.stdout)
             print(to_markdown(pd.DataFrame(state.rows)[SHOWN_COLUMNS]), flush=True)
+    board.close()
     return pd.DataFrame(state.rows)
 
 
@@ -300,20 +383,30 @@ def raise_keyboard_interrupt(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_args(argv)
-    except (ValueError, KeyError) as error:
-        print(f"capsule-train: error: {error}", file=sys.stderr)
+    except (TypeError, ValueError, KeyError) as error:
+        print(f"capsule-train: error: {one_line(error)}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    started = time.time()
     try:
         train(config)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the last complete checkpoint and table are in {output_dir(config)} "
-              f"(continue with --resume)", file=sys.stderr)
+        print(f"\n{interrupted_message(config, started)}", file=sys.stderr)
         return 130
-    except (ValueError, KeyError, FileNotFoundError) as error:
-        print(f"capsule-train: error: {error}", file=sys.stderr)
+    except (TypeError, ValueError, KeyError, FileNotFoundError, FolderInUseError) as error:
+        print(f"capsule-train: error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
+
+
+def interrupted_message(config: TrainConfig, started: float) -> str:
+    """What an interruption left: the checkpoint this run wrote (or resumed from), or nothing to resume."""
+    checkpoint = output_dir(config) / CHECKPOINT
+    if checkpoint.is_file() and (config.resume or checkpoint.stat().st_mtime >= started):
+        return (f"interrupted; the last complete checkpoint and table are in {output_dir(config)} "
+                f"(continue with --resume)")
+    return (f"interrupted before the first checkpoint: nothing to resume in {output_dir(config)}; start the run "
+            f"again (without --resume)")
 
 
 if __name__ == "__main__":

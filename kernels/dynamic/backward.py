@@ -15,17 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.dynamic.tiles import couplings, program_tile
-
-
-@triton.jit
-def _squash_backward(s, g, eps):
-    """grad_s = f grad_v + 2 f'(n) <s, grad_v> s for s, grad_v [BLOCK_J, BLOCK_D] (routing.squash.squash_backward)."""
-    n = tl.sum(s * s, axis=1)[:, None]
-    inv = 1 / ((1 + n) * tl.sqrt(n + eps))
-    f = n * inv
-    df = inv * (1 - n / (1 + n) - 0.5 * n / (n + eps))
-    return f * g + 2 * df * tl.sum(s * g, axis=1)[:, None] * s
+from kernels.dynamic.tiles import couplings, program_tile, squash_backward, vector_length
 
 
 @triton.jit
@@ -55,11 +45,11 @@ def dynamic_routing_backward_kernel(
     # gs_{T-1} from the outputs' gradients: grad_v + grad_|v| v / |v|, through the squash
     top = (T - 1) * BJD + row + jd
     v_top = tl.load(poses_ptr + top, mask=mask_jd, other=0.0)
-    length = tl.sqrt(tl.sum(v_top * v_top, axis=1))
+    length = vector_length(v_top, 1)
     safe = tl.where(length > 0, length, 1.0)
     g_len = tl.load(grad_len_ptr + b.to(tl.int64) * J + offs_j, mask=mask_j, other=0.0)
-    g_top = tl.load(grad_v_ptr + row + jd, mask=mask_jd, other=0.0) + (g_len / safe)[:, None] * v_top
-    gs_top = _squash_backward(tl.load(sums_ptr + top, mask=mask_jd, other=0.0), g_top, eps)
+    g_top = tl.load(grad_v_ptr + row + jd, mask=mask_jd, other=0.0) + g_len[:, None] * (v_top / safe[:, None])
+    gs_top = squash_backward(tl.load(sums_ptr + top, mask=mask_jd, other=0.0), g_top, eps)
 
     u_jd = offs_j[None, :, None].to(tl.int64) * stride_uj + offs_d[None, None, :].to(tl.int64) * stride_ud
     u_base = u_ptr + b.to(tl.int64) * stride_ub
@@ -124,4 +114,4 @@ def dynamic_routing_backward_kernel(
                               other=0.0, volatile=True)
             below = (stop - 1) * BJD + row + jd
             s = tl.load(sums_ptr + below, mask=mask_jd, other=0.0)
-            tl.store(gs_ptr + below, _squash_backward(s, gv, eps), mask=mask_jd)
+            tl.store(gs_ptr + below, squash_backward(s, gv, eps), mask=mask_jd)

@@ -14,13 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.dynamic.tiles import couplings, program_tile
-
-
-@triton.jit
-def _squash_scale(n, eps):
-    """f(n) = n / ((1 + n) sqrt(n + eps)) for n = |s|^2, so that squash(s) = f(|s|^2) s."""
-    return n / ((1 + n) * tl.sqrt(n + eps))
+from kernels.dynamic.tiles import couplings, program_tile, squash, vector_length
 
 
 @triton.jit
@@ -78,12 +72,12 @@ def dynamic_routing_forward_kernel(
         for k in range(0, n_chunks):  # fixed order: deterministic
             s += tl.load(partial_ptr + (b.to(tl.int64) * n_chunks + k) * J * D + jd, mask=mask_jd, other=0.0,
                          volatile=True)
-        v = s * _squash_scale(tl.sum(s * s, axis=1), eps)[:, None]
+        v = squash(s, eps, 1)
         here = r * BJD + row + jd
         tl.store(sums_ptr + here, s, mask=mask_jd)
         tl.store(poses_ptr + here, v, mask=mask_jd)
         tl.store(cums_ptr + here, cum, mask=mask_jd)
         if LAST:
             tl.store(v_out_ptr + row + jd, v.to(v_out_ptr.dtype.element_ty), mask=mask_jd)
-            length = tl.sqrt(tl.sum(v * v, axis=1))
+            length = vector_length(v, 1)
             tl.store(len_out_ptr + b.to(tl.int64) * J + offs_j, length.to(len_out_ptr.dtype.element_ty), mask=mask_j)

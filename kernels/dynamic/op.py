@@ -21,7 +21,7 @@ import triton
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from kernels.checks import check_iterations
+from kernels.checks import DYNAMIC_DOUBLE_BACKWARD_HINT, check_iterations, refuse_second_order
 from kernels.dynamic.backward import dynamic_routing_backward_kernel
 from kernels.dynamic.forward import dynamic_routing_forward_kernel
 from kernels.utils import accumulation_dtype, block_size, kernel_dtype_ok, parent_tile_reason, parent_tile_size
@@ -209,6 +209,7 @@ class DynamicRoutingFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_v, grad_length, grad_c):
+        refuse_second_order("dynamic", "triton", DYNAMIC_DOUBLE_BACKWARD_HINT)
         votes, activations, sums, poses, cums = ctx.saved_tensors
         detach_inner, eps, block_i, blocks_per_program = ctx.settings
         T, B, J, D = sums.shape

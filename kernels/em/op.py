@@ -16,7 +16,7 @@ import triton
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from kernels.checks import check_child_index, check_iterations
+from kernels.checks import check_child_index, check_iterations, refuse_second_order
 from kernels.em.backward import em_backward_parents_kernel, em_backward_stage_kernel, em_backward_votes_kernel
 from kernels.em.forward import em_m_step_finalize_kernel, em_m_step_partials_kernel, em_row_normaliser_kernel
 from kernels.em.schedule import inverse_temperatures
@@ -213,6 +213,7 @@ class EMRoutingFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_pose, grad_act, grad_assign):
+        refuse_second_order("em", "triton")
         votes, activations, beta_u, mus, vhats, logits, masses, norms, child_index = ctx.saved_tensors
         groups, final_lambda, min_var, eps = ctx.settings
         g_votes, g_act, g_bu, g_ba = em_routing_backward(

@@ -79,7 +79,7 @@ def output_gradient(v: Tensor, length: Tensor, grad_v: Tensor | None, grad_lengt
     gv = torch.zeros_like(v) if grad_v is None else grad_v.to(v.dtype)
     if grad_length is not None:
         safe = torch.where(length > 0, length, torch.ones_like(length))
-        gv = gv + (grad_length.to(v.dtype) / safe).unsqueeze(-1) * v
+        gv = gv + grad_length.to(v.dtype).unsqueeze(-1) * (v / safe.unsqueeze(-1))  # v / |v| first: |v| may be tiny
     return gv
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kernels.checks import DYNAMIC_DOUBLE_BACKWARD_HINT, refuse_second_order
 from routing.cpu.fusion import (
     as_votes,
     backward_buffers,
@@ -19,7 +20,7 @@ from routing.cpu.fusion import (
 )
 from routing.dynamic.backward import backward_chunks, output_gradient
 from routing.dynamic.reference import route_chunks
-from routing.squash import squash
+from routing.squash import length, squash
 
 
 class LinearDynamicRoutingFunction(torch.autograd.Function):
@@ -32,17 +33,18 @@ class LinearDynamicRoutingFunction(torch.autograd.Function):
         votes, kept, token = forward_buffers(poses, transforms, keep_votes)
         couplings, sums = route_chunks(votes, activations, iterations, eps, keep=kept)
         v = squash(sums[-1], eps=eps)
-        length = torch.linalg.vector_norm(v, dim=-1)
-        ctx.save_for_backward(poses, transforms, activations, couplings, sums, v, length)
+        lengths = length(v).squeeze(-1)  # scaled: the squares of tiny poses underflow
+        ctx.save_for_backward(poses, transforms, activations, couplings, sums, v, lengths)
         ctx.settings = (detach_inner, eps, token)
-        return v, length, couplings[-1].transpose(1, 2)
+        return v, lengths, couplings[-1].transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad_v: Tensor | None, grad_length: Tensor | None, grad_c: Tensor | None):
-        poses, transforms, activations, couplings, sums, v, length = ctx.saved_tensors
+        refuse_second_order("dynamic", "torch", DYNAMIC_DOUBLE_BACKWARD_HINT)
+        poses, transforms, activations, couplings, sums, v, lengths = ctx.saved_tensors
         detach_inner, eps, token = ctx.settings
         votes, product = backward_buffers(poses, transforms, token)
-        gv = output_gradient(v, length, grad_v, grad_length)
+        gv = output_gradient(v, lengths, grad_v, grad_length)
         gc = None if grad_c is None else grad_c.transpose(1, 2)
         grad_act = None
         if activations is not None and ctx.needs_input_grad[2]:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kernels.checks import DYNAMIC_DOUBLE_BACKWARD_HINT, refuse_second_order
 from kernels.utils import accumulation_dtype
 from routing.batched import agreement, parent_major_chunks, weighted_sum
 from routing.cpu.memory import empty_like_on_huge_pages, new_empty_on_huge_pages
 from routing.dynamic.backward import backward_chunks, output_gradient
-from routing.squash import squash
+from routing.squash import length, squash
 
 
 def route_chunk(u: Tensor, a: Tensor | None, iterations: int, eps: float, couplings: Tensor, sums: Tensor) -> None:
@@ -65,17 +66,18 @@ class DynamicRoutingFunction(torch.autograd.Function):
     def forward(ctx, votes: Tensor, activations: Tensor | None, iterations: int, detach_inner: bool, eps: float):
         couplings, sums = route_chunks(votes, activations, iterations, eps)
         v = squash(sums[-1], eps=eps)
-        length = torch.linalg.vector_norm(v, dim=-1)
-        ctx.save_for_backward(votes, activations, couplings, sums, v, length)
+        lengths = length(v).squeeze(-1)  # scaled: the squares of tiny poses underflow
+        ctx.save_for_backward(votes, activations, couplings, sums, v, lengths)
         ctx.settings = (detach_inner, eps)
         out_dtype = votes.dtype
-        return v.to(out_dtype), length.to(out_dtype), couplings[-1].transpose(1, 2).to(out_dtype)
+        return v.to(out_dtype), lengths.to(out_dtype), couplings[-1].transpose(1, 2).to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_v: Tensor | None, grad_length: Tensor | None, grad_c: Tensor | None):
-        votes, activations, couplings, sums, v, length = ctx.saved_tensors
+        refuse_second_order("dynamic", "torch", DYNAMIC_DOUBLE_BACKWARD_HINT)
+        votes, activations, couplings, sums, v, lengths = ctx.saved_tensors
         detach_inner, eps = ctx.settings
-        gv = output_gradient(v, length, grad_v, grad_length)
+        gv = output_gradient(v, lengths, grad_v, grad_length)
         gc = None if grad_c is None else grad_c.to(v.dtype).transpose(1, 2)
         # empty_like keeps the votes' strides: a parent-major caller gets a parent-major gradient, written in place
         grad_votes = empty_like_on_huge_pages(votes) if ctx.needs_input_grad[0] else None
@@ -91,3 +93,27 @@ def route_votes(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Dynamic routing of votes [B, I, J, D]: (v [B, J, D], |v| [B, J], c [B, I, J]), differentiable."""
     return DynamicRoutingFunction.apply(votes, activations, iterations, detach_inner, eps)
+
+
+def route_votes_twice_differentiable(
+    votes: Tensor, activations: Tensor | None, iterations: int, detach_inner: bool, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The same routing as route_votes, in plain PyTorch autograd: differentiable twice (gradient penalties,
+    Hessian-vector products), at the cost of votes-sized temporaries kept for the backward. With detach_inner the
+    iterations that only update the logits see detached votes and activations, as in route_votes."""
+    dtype = accumulation_dtype(votes.dtype)
+    u = votes.to(dtype).transpose(1, 2)  # [B, J, I, D]
+    a = None if activations is None else activations.to(dtype).unsqueeze(1)  # [B, 1, I]
+    logits = u.new_zeros(u.shape[:3])
+    for r in range(iterations):
+        last = r == iterations - 1
+        if detach_inner and not last:
+            u_r, a_r = u.detach(), None if a is None else a.detach()
+        else:
+            u_r, a_r = u, a
+        c = logits.softmax(dim=1)  # over parents
+        v = squash(weighted_sum(c if a_r is None else c * a_r, u_r), eps=eps)
+        if not last:
+            logits = logits + agreement(u_r, v)
+    out = votes.dtype
+    return v.to(out), length(v).squeeze(-1).to(out), c.transpose(1, 2).to(out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels.checks import refuse_second_order
 from routing.cpu.fusion import (
     as_votes,
     backward_buffers,
@@ -39,6 +40,7 @@ class LinearEMRoutingFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_mu, grad_act, grad_R):
+        refuse_second_order("em", "torch")
         poses, transforms, activations, beta_u, child_index, R, mu, var, logit = ctx.saved_tensors
         lambdas, eps, token = ctx.settings
         votes, product = backward_buffers(poses, transforms, token)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kernels.checks import refuse_second_order
 from kernels.utils import accumulation_dtype
 from routing.batched import agreement, parent_major, weighted_sum
 from routing.cpu import chunking
@@ -142,6 +143,7 @@ class EMRoutingFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_mu, grad_act, grad_R):
+        refuse_second_order("em", "torch")
         votes, activations, beta_u, child_index, R, mu, var, logit = ctx.saved_tensors
         lambdas, eps = ctx.settings
         # empty_like keeps the votes' strides: a parent-major caller gets a parent-major gradient, written in place

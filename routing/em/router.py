@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kernels.checks import check_child_index, check_iterations
+from kernels.checks import check_child_index
 from kernels.em.schedule import inverse_temperatures
 from routing.cpu.fusion import fusable
 from routing.em.linear import route_poses
 from routing.em.reference import route_votes
+from routing.option_checks import positive_int, real
 from routing.registry import register
 from routing.result import RoutingResult
-from routing.router import Router
+from routing.router import FLOAT32_SQUARES_RANGE, Router
 
 
 @register("em")
@@ -21,13 +22,18 @@ class EMRouting(Router):
 
     Options: iterations (3); out_caps (number of parent types J: beta_u and beta_a are learned per parent type;
     None shares one of each across all parents); final_lambda (0.01, the inverse temperature of the last
-    iteration); min_var (added to every variance); eps (lower bound of sum_i R' in the divisions).
-    ``forward(votes [B, I, J, D], activations [B, I] or None (ones), child_index=None)``.
+    iteration); min_var (> 0, added to every variance); eps (lower bound of sum_i R' in the divisions).
+    ``forward(votes [B, I, J, D], activations [B, I] or None (ones), child_index=None)``; the activations are the
+    probabilities that the children are present and must lie in [0, 1]. Votes beyond float32's reach for squares
+    (routing.router.FLOAT32_SQUARES_RANGE) are routed in float64.
     Result: poses mu [B, J, D], activations a_j [B, J] in (0, 1), assignments R [B, I, J] used by the last M-step
     (each child's row sums to 1 over parents; with child_index, over every (window, parent) pair it feeds).
     """
 
     normalisation = "parents"
+    activation_range = (0.0, 1.0)  # probabilities that the children are present
+    # (V - mu)^2 and its sums overflow float32 from |V| ~ 1e18, and the backward's 1/var^2 terms from less
+    float32_range = FLOAT32_SQUARES_RANGE
 
     def __init__(
         self,
@@ -39,17 +45,11 @@ class EMRouting(Router):
         eps: float = 1e-8,
     ):
         super().__init__()
-        self.iterations = check_iterations(iterations)
-        if out_caps is not None and (isinstance(out_caps, bool) or not isinstance(out_caps, int) or out_caps < 1):
-            raise ValueError(f"out_caps must be a positive integer or None, got {out_caps!r}")
-        if not final_lambda > 0:
-            raise ValueError(f"final_lambda must be > 0, got {final_lambda!r}")
-        if not min_var >= 0 or not eps > 0:
-            raise ValueError(f"min_var must be >= 0 and eps > 0, got min_var={min_var!r}, eps={eps!r}")
-        self.out_caps = out_caps
-        self.final_lambda = float(final_lambda)
-        self.min_var = float(min_var)
-        self.eps = float(eps)
+        self.iterations = positive_int("em", "iterations", iterations)
+        self.out_caps = positive_int("em", "out_caps", out_caps, allow_none=True)
+        self.final_lambda = real("em", "final_lambda", final_lambda)
+        self.min_var = real("em", "min_var", min_var)  # 0 would give log(0) for a parent whose votes agree
+        self.eps = real("em", "eps", eps)
         self.beta_u = nn.Parameter(torch.zeros(out_caps or 1))
         self.beta_a = nn.Parameter(torch.zeros(out_caps or 1))
 

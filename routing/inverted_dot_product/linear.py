@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kernels.checks import refuse_second_order
 from routing.cpu.fusion import (
     as_votes,
     backward_buffers,
@@ -37,6 +38,7 @@ class LinearInvertedDotProductFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_v: Tensor | None, grad_r: Tensor | None):
+        refuse_second_order("inverted-dot-product", "torch")
         poses, transforms, activations, weight, bias, couplings, sums = ctx.saved_tensors
         eps, token = ctx.settings
         votes, product = backward_buffers(poses, transforms, token)

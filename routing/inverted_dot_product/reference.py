@@ -22,6 +22,7 @@ import math
 import torch
 from torch import Tensor
 
+from kernels.checks import refuse_second_order
 from kernels.utils import accumulation_dtype
 from routing.batched import agreement, parent_major_chunks, weighted_sum
 from routing.cpu.memory import empty_like_on_huge_pages, new_empty_on_huge_pages
@@ -80,6 +81,7 @@ class InvertedDotProductFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_v: Tensor | None, grad_r: Tensor | None):
+        refuse_second_order("inverted-dot-product", "torch")
         votes, activations, weight, bias, couplings, sums = ctx.saved_tensors
         gv = torch.zeros_like(sums[-1]) if grad_v is None else grad_v.to(sums.dtype)
         gr = None if grad_r is None else grad_r.to(sums.dtype).transpose(1, 2)

@@ -7,19 +7,20 @@ import math
 import torch
 from torch import Tensor, nn
 
-from kernels.checks import check_iterations
 from routing.cpu.fusion import fusable
 from routing.inverted_dot_product.linear import route_poses
 from routing.inverted_dot_product.reference import route_votes
+from routing.option_checks import positive_int, real
 from routing.registry import register
 from routing.result import RoutingResult
-from routing.router import Router
+from routing.router import FLOAT32_SQUARES_RANGE, Router
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, as the authors' nn.LayerNorm(out_d_capsules)
 # The authors' main_capsule.py defaults --num_routing to 1 (only the uniform pass: no agreement at all), but their
 # README asks for a number > 1 and runs and reports CIFAR-10 (94.85 % mean, 95.14 % best) and CIFAR-100 with
 # --num_routing 2 (apple/ml-capsules-inverted-attention-routing, README.md and main_capsule.py): 2 is the default.
 DEFAULT_ITERATIONS = 2
+NAME = "inverted-dot-product"
 
 
 @register("inverted-dot-product")
@@ -34,9 +35,10 @@ class InvertedDotProductRouting(Router):
     The LayerNorm runs over the pose dimension D with a learned weight [D] (1 at start) and bias [D] (0 at start)
     shared by all parents, as the authors' nn.LayerNorm(out_d_capsules); with D = 1 it is left out, as in their
     code. The children's activations a_i are not part of the authors' routing: when given they weight each vote
-    in the sum over children (this library's convention, as dynamic routing); with None (ones) the result is the
-    authors' equations exactly. In the authors' models all layers route concurrently (each pass of a layer uses
-    the next layer's poses from the previous pass); this router iterates one layer locally, which is their
+    in the sum over children (this library's convention, as dynamic routing; so they must be >= 0); with None
+    (ones) the result is the authors' equations exactly. In the authors' models all layers route concurrently (each
+    pass of a layer uses the next layer's poses from the previous pass); this router iterates one layer locally,
+    which is their
     sequential_routing mode. Left out of the authors' layer: its dropout on the parent sums (their default rate is
     0), and the division of the softmax by (its sum + 1e-10), which changes the coefficients by about 1e-10.
 
@@ -57,21 +59,20 @@ class InvertedDotProductRouting(Router):
     """
 
     normalisation = "parents"
+    activation_range = (0.0, None)  # weights of the votes in the sums
+    # the LayerNorm's variance squares the sums' deviations, and with D = 1 (no LayerNorm) <u, v> multiplies votes
+    float32_range = FLOAT32_SQUARES_RANGE
     child_parameters = False
 
     def __init__(self, *, iterations: int = DEFAULT_ITERATIONS, pose_dim: int | None = None,
                  eps: float = LAYER_NORM_EPS):
         super().__init__()
-        self.iterations = check_iterations(iterations)
+        self.iterations = positive_int(NAME, "iterations", iterations)
         if pose_dim is None:
-            raise ValueError("inverted-dot-product routing needs pose_dim, the pose size D of its LayerNorm and "
-                             "head parameters (the capsule layers pass it; routing.create(..., pose_dim=16))")
-        if isinstance(pose_dim, bool) or not isinstance(pose_dim, int) or pose_dim < 1:
-            raise ValueError(f"pose_dim must be a positive integer, got {pose_dim!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
-            raise ValueError(f"eps (the LayerNorm epsilon) must be a finite number > 0, got {eps!r}")
-        self.pose_dim = pose_dim
-        self.eps = float(eps)
+            raise ValueError(f"{NAME} routing needs pose_dim, the pose size D of its LayerNorm and head parameters "
+                             "(the capsule layers pass it; routing.create(..., pose_dim=16))")
+        self.pose_dim = positive_int(NAME, "pose_dim", pose_dim)
+        self.eps = real(NAME, "eps (the LayerNorm epsilon)", eps)
         self.norm_weight = nn.Parameter(torch.ones(pose_dim))
         self.norm_bias = nn.Parameter(torch.zeros(pose_dim))
         self.head_weight = nn.Parameter(torch.empty(pose_dim))

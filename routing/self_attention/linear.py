@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kernels.checks import refuse_second_order
 from routing.cpu.fusion import (
     as_votes,
     backward_buffers,
@@ -39,6 +40,7 @@ class LinearSelfAttentionRoutingFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_v: Tensor | None, grad_length: Tensor | None, grad_c: Tensor | None):
+        refuse_second_order("self-attention", "torch")
         poses, transforms, activations, prior, couplings, totals, sums = ctx.saved_tensors
         eps, token = ctx.settings
         votes, product = backward_buffers(poses, transforms, token)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kernels.checks import refuse_second_order
 from kernels.utils import accumulation_dtype
 from routing.batched import agreement, parent_major_chunks, weighted_sum
 from routing.cpu.memory import empty_like_on_huge_pages, new_empty_on_huge_pages
@@ -90,6 +91,7 @@ class SelfAttentionRoutingFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_v: Tensor | None, grad_length: Tensor | None, grad_c: Tensor | None):
+        refuse_second_order("self-attention", "torch")
         votes, activations, prior, couplings, totals, sums = ctx.saved_tensors
         gs = squash_backward(sums, grad_v, grad_length, ctx.eps)
         gc = None if grad_c is None else grad_c.to(sums.dtype).transpose(1, 2)

@@ -3,15 +3,14 @@ PyTorch backend, with the learned prior B."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from routing.cpu.fusion import fusable
+from routing.option_checks import positive_int, real
 from routing.registry import register
 from routing.result import RoutingResult
-from routing.router import Router
+from routing.router import FLOAT32_SQUARES_RANGE, Router
 from routing.self_attention.linear import route_poses
 from routing.self_attention.reference import route_votes
 
@@ -22,9 +21,7 @@ def _check_size(option: str, value: object) -> int:
     if value is None:
         raise ValueError(f"{NAME} routing needs the option {option} (a positive integer: it sizes the learned "
                          f"prior B [in_caps, out_caps]; the capsule layers pass it), got None")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{NAME} routing: {option} must be a positive integer, got {value!r}")
-    return value
+    return positive_int(NAME, option, value)
 
 
 @register(NAME)
@@ -39,7 +36,8 @@ class SelfAttentionRouting(Router):
         s_j  = sum_i a_i (c_ij + B_ij) u_ij
         v_j  = (1 - exp(-|s_j|)) s_j / (|s_j| + eps),    output activation |v_j|.
     Given activations weight each vote in both sums over children (the agreement's sum over k and s_j), as this
-    library's dynamic routing weights its sums; the agreement's own vote u_ij is not weighted.
+    library's dynamic routing weights its sums (so they must be >= 0); the agreement's own vote u_ij is not
+    weighted. Votes beyond float32's reach for squares (routing.router.FLOAT32_SQUARES_RANGE) are routed in float64.
 
     Read from the authors' code (EscVM/Efficient-CapsNet, utils/layers.py, class FCCaps.call): u [batch, J, I, D];
     ``c = einsum('...ij,...kj->...i', u, u)`` (each vote dotted with the sum of all votes for its parent),
@@ -59,15 +57,16 @@ class SelfAttentionRouting(Router):
     """
 
     normalisation = "parents"
+    activation_range = (0.0, None)  # weights of the votes in the sums
+    # the agreement <u_ij, sum_k a_k u_kj> overflows float32 from |u| ~ 1e18
+    float32_range = FLOAT32_SQUARES_RANGE
     child_parameters = True  # the prior B has a row per child
 
     def __init__(self, *, in_caps: int | None = None, out_caps: int | None = None, eps: float = 1e-8):
         super().__init__()
         self.in_caps = _check_size("in_caps", in_caps)
         self.out_caps = _check_size("out_caps", out_caps)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
-            raise ValueError(f"{NAME} routing: eps must be a finite number > 0, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = real(NAME, "eps", eps)
         self.prior = nn.Parameter(torch.zeros(self.in_caps, self.out_caps))
 
     def check_sizes(self, children: int, parents: int) -> None:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from routing.option_checks import positive_int, real
 from routing.registry import register
 from routing.result import RoutingResult
-from routing.router import Router
+from routing.router import FLOAT32_SUMS_RANGE, Router
 from routing.self_routing.linear import route_poses, votes_free
 from routing.self_routing.reference import route_votes
 
+NAME = "self-routing"
 
-@register("self-routing")
+
+@register(NAME)
 class SelfRouting(Router):
     """Hahn, Pyeon & Kim 2019 self-routing (authors' code: coder3000/SR-CapsNet, modules.py SelfRouting2d).
 
@@ -42,7 +43,7 @@ class SelfRouting(Router):
     none); results are exact wherever they exceed it.
 
     Children's activations a_i weight each vote in both sums, as in the paper; with None they are ones, so
-    a_j = sum_i c_ij / I and v_j = sum_i c_ij u_ij / sum_i c_ij. They are meant to be probabilities (>= 0).
+    a_j = sum_i c_ij / I and v_j = sum_i c_ij u_ij / sum_i c_ij. They are meant to be probabilities; they must be >= 0.
 
     Convolutional layers: defined per window, as the authors' SelfRouting2d. ConvCaps routes each window as its
     own row (this router takes no child_index): the sums run over one window's K*K*in_types children, with
@@ -51,6 +52,8 @@ class SelfRouting(Router):
     """
 
     normalisation = "parents"
+    activation_range = (0.0, None)  # weights of the votes in both sums
+    float32_range = FLOAT32_SUMS_RANGE
     child_parameters = True
 
     def __init__(
@@ -68,13 +71,8 @@ class SelfRouting(Router):
             raise ValueError(f"self-routing learns routing weights [in_caps, out_caps, pose_dim] and biases "
                              f"[in_caps, out_caps]: the options in_caps, out_caps and pose_dim are required, missing "
                              f"{', '.join(missing)}")
-        for name, value in given.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"self-routing option {name} must be a positive integer, got {value!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-            raise ValueError(f"self-routing option eps must be a finite number > 0, got {eps!r}")
-        self.in_caps, self.out_caps, self.pose_dim = in_caps, out_caps, pose_dim
-        self.eps = float(eps)
+        self.in_caps, self.out_caps, self.pose_dim = (positive_int(NAME, k, v) for k, v in given.items())
+        self.eps = real(NAME, "eps", eps)
         self.weight = nn.Parameter(torch.empty(in_caps, out_caps, pose_dim))
         self.bias = nn.Parameter(torch.empty(in_caps, out_caps))
         self.reset_parameters()

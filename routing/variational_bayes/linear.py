@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kernels.checks import refuse_second_order
 from routing.cpu.fusion import (
     as_votes,
     backward_buffers,
@@ -37,6 +38,7 @@ class LinearVariationalBayesRoutingFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_m, grad_act, grad_R):
+        refuse_second_order("variational-bayes", "torch")
         poses, transforms, activations, beta_u, beta_a, R, mu, P, act = ctx.saved_tensors
         priors, token = ctx.settings
         votes, product = backward_buffers(poses, transforms, token)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kernels.checks import refuse_second_order
 from kernels.utils import accumulation_dtype
 from routing.batched import agreement, parent_major, weighted_sum
 from routing.cpu import chunking
@@ -146,6 +147,7 @@ class VariationalBayesRoutingFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_poses, grad_act, grad_R):
+        refuse_second_order("variational-bayes", "torch")
         votes, activations, beta_u, beta_a, R, mu, P, act = ctx.saved_tensors
         # empty_like keeps the votes' strides: a parent-major caller gets a parent-major gradient, written in place
         grad_votes = empty_like_on_huge_pages(votes) if ctx.needs_input_grad[0] else None

@@ -3,26 +3,19 @@ backend, with beta_u and beta_a."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from kernels.checks import check_iterations
 from routing.cpu.fusion import fusable
+from routing.option_checks import positive_int, real
 from routing.registry import register
 from routing.result import RoutingResult
-from routing.router import Router
+from routing.router import FLOAT32_SQUARES_RANGE, Router
 from routing.variational_bayes.backward import Priors
 from routing.variational_bayes.linear import route_poses
 from routing.variational_bayes.reference import route_votes
 
-
-def positive_number(name: str, value: object) -> float:
-    """A finite real number > 0 (not a bool), as a float; else a ValueError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"variational-bayes routing: {name} must be a finite number > 0, got {value!r}")
-    return float(value)
+NAME = "variational-bayes"
 
 
 @register("variational-bayes")
@@ -42,7 +35,8 @@ class VariationalBayesRouting(Router):
     Result: poses m_j [B, J, D] (posterior means), activations a_j = sigmoid(beta_a - (exp(E[ln pi_j]) H_j +
     beta_u)) [B, J], assignments R [B, I, J] used by the last parameter update (each child's row sums to 1 over
     the J parents: normalisation "parents"). Children's activations, when given, weight each child's assignments
-    (R'_ij = R_ij a_i), as in the authors' code; None means ones. No per-child parameters.
+    (R'_ij = R_ij a_i), as in the authors' code, and must be >= 0; None means ones. No per-child parameters. Votes
+    beyond float32's reach for squares (routing.router.FLOAT32_SQUARES_RANGE) are routed in float64.
 
     Convolutional layers: defined per window. ConvCaps routes each window as its own row (``route`` takes no
     child_index), a child's assignments summing to 1 over the parents of that window.
@@ -67,6 +61,9 @@ class VariationalBayesRouting(Router):
     """
 
     normalisation = "parents"
+    activation_range = (0.0, None)  # weights of the assignments: N_j = sum_i R_ij a_i must stay >= 0
+    # the squared deviations in invPsi overflow float32 from |V| ~ 1e18
+    float32_range = FLOAT32_SQUARES_RANGE
     child_parameters = False
 
     def __init__(
@@ -81,16 +78,13 @@ class VariationalBayesRouting(Router):
         eps: float = 1e-8,
     ):
         super().__init__()
-        self.iterations = check_iterations(iterations)
-        if out_caps is not None and (isinstance(out_caps, bool) or not isinstance(out_caps, int) or out_caps < 1):
-            raise ValueError(f"variational-bayes routing: out_caps must be a positive integer or None, "
-                             f"got {out_caps!r}")
-        self.out_caps = out_caps
-        self.alpha0 = positive_number("alpha0", alpha0)
-        self.kappa0 = positive_number("kappa0", kappa0)
-        self.psi0 = positive_number("psi0", psi0)
-        self.nu0 = None if nu0 is None else positive_number("nu0 (None: D + 1)", nu0)
-        self.eps = positive_number("eps", eps)
+        self.iterations = positive_int(NAME, "iterations", iterations)
+        self.out_caps = positive_int(NAME, "out_caps", out_caps, allow_none=True)
+        self.alpha0 = real(NAME, "alpha0", alpha0)
+        self.kappa0 = real(NAME, "kappa0", kappa0)
+        self.psi0 = real(NAME, "psi0", psi0)
+        self.nu0 = None if nu0 is None else real(NAME, "nu0 (None: D + 1)", nu0)
+        self.eps = real(NAME, "eps", eps)
         self.beta_u = nn.Parameter(torch.zeros(out_caps or 1))
         self.beta_a = nn.Parameter(torch.zeros(out_caps or 1))
 
