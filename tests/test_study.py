@@ -114,6 +114,23 @@ def test_resume_skips_done_cells_and_redoes_only_missing_ones(study, small_mnist
     assert not (copy / "runs" / "mnist" / "cnn-seed0").exists()
 
 
+def test_remeasure_cost_replaces_only_the_measured_cost_rows_without_training(study, small_mnist_md5, monkeypatch):
+    args, tmp_path, table = study
+    monkeypatch.setattr("capsules.datasets.mnist.MNIST_MD5", small_mnist_md5)
+    copy = tmp_path / "remeasured"
+    shutil.copytree(tmp_path / "results", copy / "results")
+    args = [a.replace(str(tmp_path), str(copy)) for a in args]  # no run folders: nothing can be resumed or trained
+    assert main([*args, "--remeasure-cost"]) == 0
+    after = pd.read_csv(copy / "results" / "study.csv")
+    assert len(after) == len(table) and not (copy / "runs").exists()
+    merged = after.merge(table, on=KEY, suffixes=("", "_before"))
+    measured = merged["metric"].isin(["params", "train_samples_per_s", "eval_samples_per_s", "peak_memory_mib"])
+    assert (merged.loc[measured, "timestamp"] != merged.loc[measured, "timestamp_before"]).all()
+    assert (merged.loc[~measured, "timestamp"] == merged.loc[~measured, "timestamp_before"]).all()
+    assert (merged.loc[merged["metric"] == "params", "value"] == merged.loc[merged["metric"] == "params",
+                                                                            "value_before"]).all()
+
+
 def test_the_other_protocols_on_written_files(tmp_path, small_mnist_root, small_mnist_md5, monkeypatch):
     """Official affNIST (MNIST), CIFAR-10 (no canvas: clean, rotation, attacks) and smallNORB's novel azimuths
     (familiar and novel views) on small files written in the real formats."""

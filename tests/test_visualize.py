@@ -200,6 +200,7 @@ def scalars(folder: Path):
 
 
 def test_tensorboard_scalars_per_step_and_epoch_and_after_a_resume(tmp_path, small_mnist):
+    pytest.importorskip("tensorboard", reason="tensorboard is an optional extra: pip install -e '.[tensorboard]'")
     from torch.utils.tensorboard import SummaryWriter
 
     settings = dict(model="compact", model_options=NARROW, dataset="mnist", data_root=str(small_mnist),

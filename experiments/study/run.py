@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     machine.add_argument("--no-cost", dest="cost", action="store_false",
                          help="skip the cost measurement (parameters are still recorded)")
     machine.add_argument("--progress", action="store_true", help="show a progress bar per training epoch")
+    machine.add_argument("--remeasure-cost", action="store_true",
+                         help="measure the cost of every finished model again, back to back, and replace its cost "
+                              "rows (no training; the machine's speed drifts, so a study run over hours compares "
+                              "throughput best from one such pass); implies --resume")
     return parser
 
 
@@ -183,6 +187,10 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         resolve_device(args.device, 0)
     except (ValueError, RuntimeError) as error:
         parser.error(f"--device: {error}")
+    if args.remeasure_cost:
+        if not args.cost:
+            parser.error("--remeasure-cost measures the cost: it cannot go with --no-cost")
+        args.resume = True
     if not args.resume and (results_csv(args).exists() or any(Path(args.out_dir).glob("*/*/" + CHECKPOINT))):
         parser.error(f"{args.results_dir} or {args.out_dir} already holds a study: pass --resume to continue it, or "
                      f"choose other folders")
@@ -383,7 +391,8 @@ def run_study(args: argparse.Namespace) -> pd.DataFrame:
                 config = train_config(args, entry, protocol, seed, capsule_params)
                 print(f"[study] {dataset} seed {seed}: {entry.label} ({entry.model} + {entry.routing}"
                       f"{f', {entry.iterations} iteration' if entry.iterations else ''})", flush=True)
-                rows = run_cell(args, Cell(args, entry, protocol, seed, config, table), data, plain, device)
+                cell = Cell(args, entry, protocol, seed, config, table)
+                rows = remeasure_cost(cell, data) if args.remeasure_cost else run_cell(args, cell, data, plain, device)
                 if rows:
                     stamp = {"device": machine, "git_commit": provenance.git_commit(),
                              "timestamp": provenance.timestamp(), "config": json.dumps(config.to_dict(),
@@ -392,6 +401,16 @@ def run_study(args: argparse.Namespace) -> pd.DataFrame:
                 write_report(table, Path(args.results_dir), args.leaderboard_epsilon,
                              nearest(args.angles, args.leaderboard_angle), machine)
     return table
+
+
+def remeasure_cost(cell: Cell, data: TrainingData) -> list[dict[str, Any]]:
+    """The measured cost rows of a finished cell (one with its clean accuracy in the table), measured again on a
+    fresh copy of its model; nothing for a cell not yet run. Its training run's own rows are kept."""
+    if not cell.done("clean"):
+        return []
+    for metric, value in measure(cell.config, tuple(data.test_images.shape[1:]), data.classes).items():
+        cell.add("cost", metric, value, unit=_UNITS.get(metric, "parameters"))
+    return cell.rows
 
 
 def nearest(values: Sequence[float], target: float) -> float:
