@@ -225,3 +225,19 @@ def test_fgsm_steps_along_the_gradient_sign_and_bim_stays_in_the_ball():
     assert (iterated - images).abs().max() <= 0.1 + 1e-6 and iterated.min() >= 0 and iterated.max() <= 1
     assert _cross_entropy(model(iterated), labels) >= _cross_entropy(model(adversarial), labels) - 1e-6
     assert torch.equal(fgsm(model, _cross_entropy, images, labels, 0.0), images)
+
+
+def test_the_attack_loss_has_a_gradient_where_the_margin_loss_is_flat():
+    """A confident capsule prediction: the margin loss is exactly 0 with no gradient (an attack through it would do
+    nothing), the study's attack loss still points somewhere."""
+    import capsules
+    from experiments.study.attacks import class_score_cross_entropy
+
+    activations = torch.tensor([[0.95, 0.05, 0.02]], requires_grad=True)
+    labels = torch.tensor([0])
+    margin = capsules.margin_loss(activations, labels)
+    (flat,) = torch.autograd.grad(margin, activations)
+    assert margin.item() == 0 and torch.equal(flat, torch.zeros_like(flat))
+    output = type("Out", (), {"activations": activations})()
+    (grad,) = torch.autograd.grad(class_score_cross_entropy(output, labels), activations)
+    assert grad[0, 0] < 0 and (grad[0, 1:] > 0).all()

@@ -18,7 +18,7 @@ same budget (`--epochs`, or `--minutes` of training each), then evaluates every 
   first official affNIST test batch with `--affnist-root`, and against rotation angle (`--angles`, test digits centred);
 - adversarial robustness: white-box, untargeted FGSM and BIM (`--bim-steps` steps of epsilon/4, projected) against
   epsilon (`--epsilons`, pixels in [0, 1]) on the first `--attack-subset` test images, with gradients through the
-  routing iterations and the model's own training loss;
+  routing iterations, on one loss for every model (`attacks.class_score_cross_entropy`);
 - novel viewpoints (smallnorb-azimuth, smallnorb-elevation): trained on the familiar views, scored on the familiar
   test views (the clean accuracy, also the attacked set) and on the novel ones;
 - cost: parameters, training and evaluation samples per second and a training step's peak memory, measured on
@@ -51,6 +51,7 @@ from capsules.datasets import AffNIST, SmallNORB
 from capsules.datasets.affine import affnist_style, centre_on_canvas, rotate
 from experiments.common import provenance
 from experiments.common.tables import read_csv, upsert_csv
+from experiments.study.attacks import class_score_cross_entropy
 from experiments.study.cost import measure
 from experiments.study.evaluate import accuracy, attacked_accuracy
 from experiments.study.plan import CNN, PROTOCOLS, Entry, Protocol, check_routings, entries
@@ -59,7 +60,7 @@ from experiments.train.checkpoint import load_checkpoint
 from experiments.train.config import TrainConfig, build_config, parse_model_options
 from experiments.train.data import TrainingData, load_data
 from experiments.train.distributed import resolve_device
-from experiments.train.run import CHECKPOINT, build_model, classification_loss, count_parameters, train
+from experiments.train.run import CHECKPOINT, build_model, count_parameters, train
 
 KEY = ["dataset", "model", "label", "seed", "budget", "train_subset", "evaluation", "x_name", "x_value", "metric"]
 AFFNIST_SEED = 0  # the affNIST-style test set is the same for every model and every machine
@@ -308,9 +309,6 @@ def run_cell(args: argparse.Namespace, cell: Cell, data: TrainingData, plain: Tr
     def score(images: torch.Tensor, labels: torch.Tensor) -> float:
         return accuracy(model, images, labels, config.eval_batch_size, device)[0]
 
-    def loss(output, labels):
-        return classification_loss(config, output.activations.float(), labels, config.spread_margin_end)
-
     # The clean test set: for smallNORB's viewpoint splits the familiar views (the training run's test set holds
     # the novel ones).
     clean = familiar_views(args, protocol) if protocol.viewpoints else (data.test_images, data.test_labels)
@@ -332,7 +330,7 @@ def run_cell(args: argparse.Namespace, cell: Cell, data: TrainingData, plain: Tr
     for attack in ("fgsm", "bim"):
         if attack in todo:
             for epsilon in args.epsilons:
-                value = attacked_accuracy(model, loss, *attacked, attack, epsilon, device=device,
+                value = attacked_accuracy(model, class_score_cross_entropy, *attacked, attack, epsilon, device=device,
                                           steps=args.bim_steps)
                 cell.add(attack, "accuracy", value, "epsilon", epsilon)
     if "cost" in todo:
