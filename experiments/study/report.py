@@ -103,11 +103,12 @@ def plot_accuracy_vs_throughput(table: pd.DataFrame, dataset: str, path: Path) -
     if not labels:
         return False
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
-    for label in labels:
+    for rank, label in enumerate(sorted(labels, key=lambda name: speed[name])):
         marker = "s" if label in (UNIFORM, CNN) else "o"
         axes.scatter(speed[label], 100 * accuracy[label], marker=marker, s=40)
+        # Neighbours in speed often have nearly the same accuracy: alternate their labels above and below.
         axes.annotate(_display(label), (speed[label], 100 * accuracy[label]), textcoords="offset points",
-                      xytext=(5, 4), fontsize=8)
+                      xytext=(5, 4 if rank % 2 == 0 else -12), fontsize=8)
     axes.set_xscale("log")
     axes.set_xlabel("training samples / s (log)")
     axes.set_ylabel("clean test accuracy %")
