@@ -18,12 +18,9 @@ from capsules.datasets.errors import DatasetFileError
 from capsules.datasets.files import data_dir, md5_hex, read_bytes
 from capsules.datasets.in_memory import InMemoryImages
 from capsules.datasets.options import (
-    expect_bool,
     expect_int,
-    expect_mirrors,
+    expect_loader_options,
     expect_optional_bool,
-    expect_positive_seconds,
-    expect_root,
 )
 from capsules.datasets.transforms import random_horizontal_flip, random_shift, scale_pixels
 
@@ -78,13 +75,8 @@ class CIFAR10(InMemoryImages):
         mirrors: Sequence[str] = CIFAR10_MIRRORS,
         timeout: float = 60.0,
     ) -> None:
-        expect_root(root)
-        self.train = expect_bool("train", train)
-        expect_bool("download", download)
-        self.normalize = expect_bool("normalize", normalize)
-        expect_bool("verify", verify)
-        mirrors = expect_mirrors(mirrors)
-        timeout = expect_positive_seconds("timeout", timeout)
+        mirrors, timeout = expect_loader_options(root, train, download, normalize, verify, mirrors, timeout)
+        self.train, self.normalize = train, normalize
         self.max_shift = expect_int("max_shift", (4 if train else 0) if max_shift is None else max_shift, 0,
                                     IMAGE_SIZE - 1, " (a shift of 32 pixels or more leaves the 32x32 images blank)")
         self.flip = train if expect_optional_bool("flip", flip) is None else flip

@@ -16,11 +16,8 @@ from capsules.datasets.files import data_dir, md5_hex, read_bytes
 from capsules.datasets.idx_format import parse_idx
 from capsules.datasets.in_memory import InMemoryImages
 from capsules.datasets.options import (
-    expect_bool,
     expect_int,
-    expect_mirrors,
-    expect_positive_seconds,
-    expect_root,
+    expect_loader_options,
 )
 from capsules.datasets.transforms import random_shift, scale_pixels
 
@@ -67,13 +64,9 @@ class IDXDigits(InMemoryImages):
         mirrors: Sequence[str] | None = None,
         timeout: float = 30.0,
     ) -> None:
-        expect_root(root)
-        self.train = expect_bool("train", train)
-        expect_bool("download", download)
-        self.normalize = expect_bool("normalize", normalize)
-        expect_bool("verify", verify)
-        mirrors = type(self).mirrors if mirrors is None else expect_mirrors(mirrors)
-        timeout = expect_positive_seconds("timeout", timeout)
+        mirrors, timeout = expect_loader_options(root, train, download, normalize, verify, mirrors, timeout)
+        self.train, self.normalize = train, normalize
+        mirrors = mirrors or type(self).mirrors
         if max_shift is None:
             max_shift = 2 if train else 0
         self.max_shift = expect_int("max_shift", max_shift, 0, IMAGE_SIZE - 1,

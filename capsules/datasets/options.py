@@ -71,3 +71,14 @@ def expect_root(root: object) -> None:
     path = Path(root).expanduser()
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"root {str(path)!r} is a file, expected the folder that holds the dataset's files")
+
+
+def expect_loader_options(root: object, train: object, download: object, normalize: object, verify: object,
+                          mirrors: object, timeout: object) -> tuple[tuple[str, ...], float]:
+    """The options every split loader takes, checked as the expect_* functions do; returns (mirrors, timeout) as
+    the loader uses them (mirrors None is left to the caller's default, returned as an empty tuple)."""
+    expect_root(root)
+    for name, value in (("train", train), ("download", download), ("normalize", normalize), ("verify", verify)):
+        expect_bool(name, value)
+    return (() if mirrors is None else expect_mirrors(mirrors)), expect_positive_seconds("timeout", timeout)
+

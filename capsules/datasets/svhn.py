@@ -15,11 +15,8 @@ from capsules.datasets.files import data_dir, md5_hex, read_bytes
 from capsules.datasets.in_memory import InMemoryImages
 from capsules.datasets.mat_format import integer_labels, parse_mat
 from capsules.datasets.options import (
-    expect_bool,
     expect_int,
-    expect_mirrors,
-    expect_positive_seconds,
-    expect_root,
+    expect_loader_options,
 )
 from capsules.datasets.transforms import random_shift, scale_pixels
 
@@ -62,13 +59,8 @@ class SVHN(InMemoryImages):
         mirrors: Sequence[str] = SVHN_MIRRORS,
         timeout: float = 60.0,
     ) -> None:
-        expect_root(root)
-        self.train = expect_bool("train", train)
-        expect_bool("download", download)
-        self.normalize = expect_bool("normalize", normalize)
-        expect_bool("verify", verify)
-        mirrors = expect_mirrors(mirrors)
-        timeout = expect_positive_seconds("timeout", timeout)
+        mirrors, timeout = expect_loader_options(root, train, download, normalize, verify, mirrors, timeout)
+        self.train, self.normalize = train, normalize
         self.max_shift = expect_int("max_shift", (2 if train else 0) if max_shift is None else max_shift, 0,
                                     IMAGE_SIZE - 1, " (a shift of 32 pixels or more leaves the 32x32 images blank)")
         self.root = data_dir(root, "svhn")
